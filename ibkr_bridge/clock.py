@@ -1,0 +1,129 @@
+"""Injectable clocks.
+
+Waiting logic asks a :class:`Clock` for monotonic time and sleeps through it, so tests
+can advance a :class:`FakeClock` instead of sleeping (as resilience4j's MockClock and
+.NET's FakeTimeProvider do). Wall-clock time (for the nightly-reset window) comes from
+the same object so one fake drives both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What the bridge needs to know about time."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def now(self) -> datetime:
+        """The current wall-clock time, timezone-aware (UTC)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on this clock's timeline."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until ``monotonic() >= deadline``."""
+        ...
+
+
+class SystemClock:
+    """The real clocks: ``time.monotonic`` and ``datetime.now(UTC)``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+class FakeClock:
+    """A clock that moves only when told to.
+
+    ``advance(seconds)`` moves both the monotonic and the wall clock and wakes every
+    sleeper whose deadline has passed, in deadline order. Sleepers are plain futures on
+    the running loop, so code under test runs unmodified.
+    """
+
+    def __init__(self, start: datetime | None = None, monotonic_start: float = 1000.0) -> None:
+        self._mono = monotonic_start
+        self._wall = start if start is not None else datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+        if self._wall.tzinfo is None:
+            raise ValueError("FakeClock start must be timezone-aware")
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def now(self) -> datetime:
+        return self._wall
+
+    async def sleep(self, seconds: float) -> None:
+        await self.sleep_until(self._mono + max(0.0, seconds))
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._mono:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
+        await fut
+
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are asleep on this clock (cancelled ones excluded)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    def next_deadline(self) -> float | None:
+        live = [d for d, _, f in self._sleepers if not f.done()]
+        return min(live) if live else None
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking sleepers in order and letting them run."""
+        if seconds < 0:
+            raise ValueError("time cannot go backwards")
+        target = self._mono + seconds
+        while True:
+            await _settle()
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            if not self._sleepers or self._sleepers[0][0] > target:
+                break
+            deadline, _, fut = heapq.heappop(self._sleepers)
+            self._move_to(deadline)
+            fut.set_result(None)
+        self._move_to(target)
+        await _settle()
+
+    def _move_to(self, mono: float) -> None:
+        if mono > self._mono:
+            self._wall += timedelta(seconds=mono - self._mono)
+            self._mono = mono
+
+    def set_wall(self, when: datetime) -> None:
+        """Jump the wall clock (not the monotonic one), e.g. to just before 23:45 ET."""
+        if when.tzinfo is None:
+            raise ValueError("wall time must be timezone-aware")
+        self._wall = when
+
+
+async def _settle(rounds: int = 20) -> None:
+    # Let woken tasks run until they block again on something else.
+    for _ in range(rounds):
+        await asyncio.sleep(0)

@@ -25,7 +25,7 @@ STAMP = VENV / ".ibkr-bridge-installed"
 
 
 def _ensure_env() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036  (this file must run on old Pythons to say so)
         sys.exit(f"ibkr-bridge needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if not PY.exists():
         print(f"creating {VENV} ...", flush=True)

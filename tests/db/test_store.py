@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ibkr_bridge.errors import PermanentStoreError, TransientStoreError
+from ibkr_bridge.records import ApiEvent, GreeksRow, record_from_json, record_to_json
+from ibkr_bridge.store import Store, split_raw
+from ibkr_bridge.testing import TcpProxy, TestDatabase
+
+T0 = datetime(2026, 3, 8, 6, 59, 58, 123456, tzinfo=UTC)
+
+
+def row(i: int, **kw: object) -> GreeksRow:
+    values: dict[str, object] = dict(
+        timestamp=T0 + timedelta(seconds=5 * i),
+        account="DU1",
+        api_mode="SOCKET",
+        delta=100.0 + i / 3,
+        gamma=0.1,
+        vega=None,
+        theta=-12.5,
+        underlying_price=501.25,
+        legs=3,
+    )
+    values.update(kw)
+    return GreeksRow(**values)  # type: ignore[arg-type]
+
+
+def event(i: int, **kw: object) -> ApiEvent:
+    values: dict[str, object] = dict(
+        timestamp=T0 + timedelta(seconds=i),
+        api_mode="SOCKET",
+        event="transition",
+        message=f"event {i}",
+        machine="breaker",
+        source_state="CLOSED",
+        dest_state="OPEN",
+        detail={"n": i, "nested": {"a": [1, 2]}},
+    )
+    values.update(kw)
+    return ApiEvent(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(db: TestDatabase) -> AsyncIterator[Store]:
+    s = await Store.open(db.dsn, command_timeout=2.0, connect_timeout=2.0)
+    await s.ensure_schema()
+    yield s
+    await s.close()
+
+
+async def test_write_round_trips_values_and_order(store: Store, db: TestDatabase) -> None:
+    rows = [row(i) for i in range(5)]
+    events = [event(i) for i in range(3)]
+    await store.write([rows[0], events[0], rows[1], events[1], *rows[2:], events[2]])
+    got = await db.fetch("SELECT * FROM portfolio_greeks ORDER BY id")
+    assert [r["bridge_key"] for r in got] == [r.key for r in rows]
+    first = got[0]
+    assert first["timestamp"] == T0
+    assert first["delta"] == rows[0].delta
+    assert first["vega"] is None
+    assert first["contract"] == "PORTFOLIO"
+    ev = await db.fetch("SELECT * FROM api_logs ORDER BY id")
+    assert [e["message"] for e in ev] == ["event 0", "event 1", "event 2"]
+    assert ev[0]["source_state"] == "CLOSED"
+
+
+async def test_replay_is_a_noop(store: Store, db: TestDatabase) -> None:
+    batch = [row(0), event(0), row(1)]
+    await store.write(batch)
+    await store.write(batch)
+    await store.write([row(2), *batch])
+    assert len(await db.fetch("SELECT 1 FROM portfolio_greeks")) == 3
+    assert len(await db.fetch("SELECT 1 FROM api_logs")) == 1
+
+
+async def test_raw_path_equals_record_path(store: Store, db: TestDatabase) -> None:
+    records = [row(0), event(1), row(2, delta=None)]
+    lines = [json.loads(record_to_json(r)) for r in records]
+    await store.write_tuples(*split_raw(lines))
+    got = await db.fetch("SELECT bridge_key, delta FROM portfolio_greeks ORDER BY id")
+    assert [(g["bridge_key"], g["delta"]) for g in got] == [
+        (records[0].key, records[0].delta),  # type: ignore[union-attr]
+        (records[2].key, None),
+    ]
+    assert record_from_json(record_to_json(records[1])) == records[1]
+
+
+async def test_bad_data_is_permanent(store: Store, db: TestDatabase) -> None:
+    # PostgreSQL text cannot hold NUL: this row can never be written.
+    with pytest.raises(PermanentStoreError):
+        await store.write([event(0, message="garbage\x00from gateway")])
+    await store.write([event(1)])  # the store is still usable
+    assert len(await db.fetch("SELECT 1 FROM api_logs")) == 1
+
+
+async def test_refused_is_transient(db: TestDatabase) -> None:
+    async with TcpProxy(*db.server_address()) as proxy:
+        proxy.down()
+        s = await Store.open(db.proxied_dsn(proxy), connect_timeout=1.0, command_timeout=1.0)
+        try:
+            with pytest.raises(TransientStoreError):
+                await s.write([row(0)])
+        finally:
+            await s.close()
+
+
+async def test_black_hole_hits_the_deadline(db: TestDatabase) -> None:
+    async with TcpProxy(*db.server_address()) as proxy:
+        s = await Store.open(db.proxied_dsn(proxy), connect_timeout=0.5, command_timeout=0.5)
+        try:
+            await s.ensure_schema()
+            proxy.blackhole()
+            with pytest.raises(TransientStoreError):
+                await s.write([row(0)])
+            proxy.up()
+            proxy.cut()
+            later = row(1)
+            await s.write([later])  # a fresh connection works again
+        finally:
+            await s.close()
+    keys = [r["bridge_key"] for r in await db.fetch("SELECT bridge_key FROM portfolio_greeks")]
+    assert later.key in keys
+
+
+async def test_cut_mid_transaction_is_transient_and_atomic(db: TestDatabase) -> None:
+    async with TcpProxy(*db.server_address()) as proxy:
+        s = await Store.open(db.proxied_dsn(proxy), connect_timeout=1.0, command_timeout=2.0)
+        try:
+            await s.ensure_schema()
+            big = [row(i) for i in range(20000)]
+
+            write = asyncio.create_task(s.write(big))
+            # Let the COPY start streaming, then cut the connection under it.
+            for _ in range(200):
+                await asyncio.sleep(0.001)
+                if proxy.open_connections:
+                    break
+            await asyncio.sleep(0.01)
+            proxy.cut()
+            with pytest.raises(TransientStoreError):
+                await write
+        finally:
+            await s.close()
+    # All or nothing: the batch was one transaction.
+    assert len(await db.fetch("SELECT 1 FROM portfolio_greeks")) in (0, 20000)

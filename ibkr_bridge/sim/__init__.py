@@ -1,0 +1,36 @@
+"""Simulators of IBKR's two APIs, for testing apps without a broker account.
+
+The shared :mod:`~ibkr_bridge.sim.portfolio` model holds positions and prices; the
+TWS socket simulator (:mod:`~ibkr_bridge.sim.tws`) serves it over the real TWS API wire
+protocol.
+"""
+
+from __future__ import annotations
+
+from ibkr_bridge.sim.portfolio import (
+    Instrument,
+    OptionGreeks,
+    Portfolio,
+    PortfolioSnapshot,
+    Position,
+    PositionChange,
+    black_scholes,
+    default_portfolio,
+    load_portfolio,
+    portfolio_from_dict,
+    single_underlying_portfolio,
+)
+
+__all__ = [
+    "Instrument",
+    "OptionGreeks",
+    "Portfolio",
+    "PortfolioSnapshot",
+    "Position",
+    "PositionChange",
+    "black_scholes",
+    "default_portfolio",
+    "load_portfolio",
+    "portfolio_from_dict",
+    "single_underlying_portfolio",
+]

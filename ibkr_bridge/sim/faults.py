@@ -1,0 +1,181 @@
+"""Scripted faults for the simulators.
+
+A fault script is a list of steps, each ``{"at": seconds, "fault": name, ...params}``,
+``at`` counted from when the script starts on the simulator's clock::
+
+    [
+      {"at": 10, "fault": "daily_reset", "kind": "1101", "outage": 20},
+      {"at": 40, "fault": "sentinel_greeks", "mode": "minus2", "seconds": 15},
+      {"at": 60, "fault": "set_position", "account": "DU1234567", "conid": 756733,
+       "quantity": 200},
+      {"at": 90, "fault": "restart", "downtime": 5}
+    ]
+
+Parameters are checked when the script is loaded, so a typo fails at start-up rather
+than in the middle of a long soak test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+
+from attrs import frozen
+
+from ibkr_bridge.clock import Clock
+
+SENTINEL_MODES: Final = ("minus2", "dblmax", "nan", "missing")
+RESET_KINDS: Final = ("1101", "1102")
+
+
+class FaultScriptError(ValueError):
+    """A fault script that cannot be run."""
+
+
+# Per fault: parameter name → (accepted Python types, required?)
+_NUM = (int, float)
+_SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] = {
+    "restart": {"downtime": (_NUM, False)},
+    "daily_reset": {"kind": ((str, int), False), "outage": (_NUM, False)},
+    "refuse": {"seconds": (_NUM, False)},
+    "freeze": {"seconds": (_NUM, False)},
+    "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False)},
+    "sentinel_greeks": {"mode": ((str,), True), "seconds": (_NUM, False)},
+    "set_position": {
+        "account": ((str,), True),
+        "conid": ((int,), True),
+        "quantity": (_NUM, True),
+        "avg_cost": (_NUM, False),
+    },
+    "remove_position": {"account": ((str,), True), "conid": ((int,), True)},
+    "set_spot": {"conid": ((int,), True), "price": (_NUM, True)},
+}
+FAULT_NAMES: Final = tuple(_SPEC)
+
+
+@frozen
+class FaultStep:
+    """One scheduled fault: run ``fault`` with ``params`` ``at`` seconds into the script."""
+
+    at: float
+    fault: str
+    params: Mapping[str, Any]
+
+
+class FaultTarget(Protocol):
+    """What a simulator offers to a fault script."""
+
+    async def restart(self, downtime: float = 0.0) -> None: ...
+
+    async def daily_reset(self, kind: str = "1101", outage: float = 30.0) -> None: ...
+
+    async def refuse(self, seconds: float | None = None) -> None: ...
+
+    async def freeze(self, seconds: float | None = None) -> None: ...
+
+    async def garbage(self, nbytes: int = 64, framed: bool = True) -> None: ...
+
+    async def sentinel_greeks(self, mode: str, seconds: float | None = None) -> None: ...
+
+    def set_position(
+        self, account: str, conid: int, quantity: float, avg_cost: float | None = None
+    ) -> object: ...
+
+    def remove_position(self, account: str, conid: int) -> object: ...
+
+    def set_spot(self, conid: int, price: float) -> None: ...
+
+
+def _check_step(index: int, raw: Any) -> FaultStep:
+    where = f"step {index}"
+    if not isinstance(raw, Mapping):
+        raise FaultScriptError(f"{where}: expected an object, got {raw!r}")
+    at = raw.get("at")
+    if isinstance(at, bool) or not isinstance(at, _NUM) or not math.isfinite(at) or at < 0:
+        raise FaultScriptError(f"{where}: 'at' must be seconds >= 0, got {at!r}")
+    name = raw.get("fault")
+    if not isinstance(name, str) or name not in _SPEC:
+        raise FaultScriptError(f"{where}: unknown fault {name!r}; known: {', '.join(_SPEC)}")
+    spec = _SPEC[name]
+    params = {k: v for k, v in raw.items() if k not in ("at", "fault", "_comment")}
+    for key, value in params.items():
+        if key not in spec:
+            raise FaultScriptError(f"{where}: {name} takes no parameter {key!r}")
+        types, _ = spec[key]
+        if value is not None and (
+            not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        ):
+            raise FaultScriptError(f"{where}: {name}.{key} has the wrong type: {value!r}")
+    for key, (_, required) in spec.items():
+        if required and params.get(key) is None:
+            raise FaultScriptError(f"{where}: {name} needs {key!r}")
+    if name == "daily_reset" and "kind" in params:
+        params["kind"] = str(params["kind"])
+        if params["kind"] not in RESET_KINDS:
+            raise FaultScriptError(f"{where}: daily_reset kind must be 1101 or 1102")
+    if name == "sentinel_greeks" and params["mode"] not in SENTINEL_MODES:
+        raise FaultScriptError(f"{where}: sentinel mode must be one of {SENTINEL_MODES}")
+    return FaultStep(float(at), name, MappingProxyType(params))
+
+
+def parse_fault_script(data: Any) -> tuple[FaultStep, ...]:
+    """Validate a decoded script (a list of steps) and sort it by ``at``."""
+    if not isinstance(data, Sequence) or isinstance(data, str | bytes):
+        raise FaultScriptError("a fault script is a list of steps")
+    steps = [_check_step(i, raw) for i, raw in enumerate(data)]
+    return tuple(sorted(steps, key=lambda s: s.at))
+
+
+def load_fault_script(path: str | Path) -> tuple[FaultStep, ...]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FaultScriptError(f"{path}: {exc}") from exc
+    return parse_fault_script(data)
+
+
+async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
+    """Run one step against ``target`` (the simulator)."""
+    p = step.params
+    match step.fault:
+        case "restart":
+            await target.restart(float(p.get("downtime", 0.0)))
+        case "daily_reset":
+            await target.daily_reset(str(p.get("kind", "1101")), float(p.get("outage", 30.0)))
+        case "refuse":
+            await target.refuse(_opt_float(p.get("seconds")))
+        case "freeze":
+            await target.freeze(_opt_float(p.get("seconds")))
+        case "garbage":
+            await target.garbage(int(p.get("nbytes", 64)), bool(p.get("framed", True)))
+        case "sentinel_greeks":
+            await target.sentinel_greeks(str(p["mode"]), _opt_float(p.get("seconds")))
+        case "set_position":
+            target.set_position(
+                str(p["account"]),
+                int(p["conid"]),
+                float(p["quantity"]),
+                _opt_float(p.get("avg_cost")),
+            )
+        case "remove_position":
+            target.remove_position(str(p["account"]), int(p["conid"]))
+        case "set_spot":
+            target.set_spot(int(p["conid"]), float(p["price"]))
+        case _:
+            raise FaultScriptError(f"unknown fault {step.fault!r}")
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+async def run_fault_script(target: FaultTarget, steps: Iterable[FaultStep], clock: Clock) -> None:
+    """Apply every step at its time on ``clock`` (relative to the call)."""
+    start = clock.monotonic()
+    for step in sorted(steps, key=lambda s: s.at):
+        await clock.sleep_until(start + step.at)
+        await apply_fault(target, step)

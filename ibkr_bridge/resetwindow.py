@@ -132,13 +132,21 @@ def in_reset_window(wall: datetime, policy: WatchdogPolicy) -> bool:
 
 
 def _candidates(day: date, policy: WatchdogPolicy) -> list[datetime]:
-    # Both folds: where the resume time is ambiguous (a fall-back across it) the first
-    # occurrence may already be past while the second is not. Where it does not exist
-    # (a spring-forward gap) fold=0 names the instant the clock would have shown it.
+    # Where the resume time happens twice (a fall-back across it) the first occurrence may
+    # already be past while the second (fold=1) is not. Where it does not exist (a
+    # spring-forward gap) only fold=0 counts: it names the instant the clock would have
+    # shown it; fold=1 there would map to before the gap, on the previous local day.
     zone = policy.zone
-    return [
-        datetime.combine(day, policy.resume_at.replace(fold=fold), tzinfo=zone) for fold in (0, 1)
-    ]
+    first = datetime.combine(day, policy.resume_at, tzinfo=zone)
+    second = first.replace(fold=1)
+    if _exists(second):
+        return [first, second]
+    return [first]
+
+
+def _exists(local: datetime) -> bool:
+    back = local.astimezone(UTC).astimezone(local.tzinfo)
+    return back.replace(tzinfo=None, fold=0) == local.replace(tzinfo=None, fold=0)
 
 
 def resume_time(wall: datetime, policy: WatchdogPolicy) -> datetime:

@@ -18,6 +18,7 @@ than in the middle of a long soak test.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any, Final, Protocol
 from attrs import frozen
 
 from ibkr_bridge.clock import Clock
+
+log = logging.getLogger(__name__)
 
 SENTINEL_MODES: Final = ("minus2", "dblmax", "nan", "missing")
 RESET_KINDS: Final = ("1101", "1102")
@@ -178,4 +181,5 @@ async def run_fault_script(target: FaultTarget, steps: Iterable[FaultStep], cloc
     start = clock.monotonic()
     for step in sorted(steps, key=lambda s: s.at):
         await clock.sleep_until(start + step.at)
+        log.info("fault script at %.1fs: %s %s", step.at, step.fault, dict(step.params))
         await apply_fault(target, step)

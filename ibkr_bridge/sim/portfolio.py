@@ -49,17 +49,19 @@ def _fmt_number(value: float) -> str:
 
 
 def _default_local_symbol(inst: Instrument) -> str:
-    if inst.sec_type == "STK" or inst.expiry is None:
+    # Runs before validation: fall back to the symbol when the fields are unusable.
+    expiry = inst.expiry
+    if inst.sec_type == "STK" or expiry is None or not expiry.isdigit() or len(expiry) != 8:
         return inst.symbol
-    month = _MONTH_CODES[int(inst.expiry[4:6]) - 1]
-    future = f"{inst.symbol}{month}{inst.expiry[3]}"
+    month = _MONTH_CODES[(int(expiry[4:6]) - 1) % 12]
+    future = f"{inst.symbol}{month}{expiry[3]}"
     if inst.sec_type == "FUT":
         return future
-    assert inst.strike is not None
-    assert inst.right is not None
+    if inst.strike is None or inst.right is None:
+        return inst.symbol
     if inst.sec_type == "OPT":
         # OCC symbology: root padded to 6, YYMMDD, right, strike x 1000 in 8 digits.
-        return f"{inst.symbol:<6}{inst.expiry[2:]}{inst.right}{round(inst.strike * 1000):08d}"
+        return f"{inst.symbol:<6}{expiry[2:]}{inst.right}{round(inst.strike * 1000):08d}"
     return f"{future} {inst.right}{_fmt_number(inst.strike)}"
 
 

@@ -1,0 +1,86 @@
+"""``python -m ibkr_bridge.sim``: run a simulator in the foreground.
+
+    python -m ibkr_bridge.sim socket --port 4001 --portfolio examples/portfolio.json \\
+        --faults script.json --seed 1
+
+Subcommands name the API simulated (``socket`` is the TWS API / IB Gateway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from ibkr_bridge.sim.faults import FaultScriptError, load_fault_script
+from ibkr_bridge.sim.portfolio import Portfolio, default_portfolio, load_portfolio
+from ibkr_bridge.sim.tws import TwsSimulator
+
+log = logging.getLogger("ibkr_bridge.sim")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ibkr_bridge.sim", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    socket = commands.add_parser("socket", help="IB Gateway: the TWS API socket protocol")
+    socket.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    socket.add_argument("--port", type=int, default=4001, help="port (4001; 0 picks a free one)")
+    socket.add_argument("--portfolio", help="portfolio JSON/TOML file (default: built-in demo)")
+    socket.add_argument("--faults", help="fault script JSON file")
+    socket.add_argument("--seed", type=int, default=None, help="random-walk seed")
+    socket.add_argument(
+        "--tick-interval", type=float, default=1.0, help="seconds between ticks (1.0)"
+    )
+    return parser
+
+
+async def _run_socket(args: argparse.Namespace, portfolio: Portfolio) -> None:
+    faults = load_fault_script(args.faults) if args.faults else ()
+    sim = TwsSimulator(
+        portfolio,
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        tick_interval=args.tick_interval,
+        faults=faults,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
+            loop.add_signal_handler(sig, stop.set)
+    async with sim:
+        log.info(
+            "IB Gateway simulator on %s:%d, accounts %s", args.host, sim.port, portfolio.accounts
+        )
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        portfolio = (
+            load_portfolio(args.portfolio, seed=args.seed)
+            if args.portfolio
+            else default_portfolio(seed=args.seed if args.seed is not None else 0)
+        )
+        if args.command == "socket":
+            asyncio.run(_run_socket(args, portfolio))
+    except (OSError, ValueError, FaultScriptError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

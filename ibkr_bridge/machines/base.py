@@ -29,9 +29,10 @@ Public API:
     ``machine``, ``state``, ``trigger``, ``reason``.
 
 ``StateMachine[S]``
-    Base class. ``state -> S`` (a StrEnum member), ``can(trigger) -> bool`` (a rule exists
-    for the current state; guards not evaluated), ``permitted_triggers() -> frozenset[str]``,
-    ``pop_transitions() -> list[Transition]`` (oldest first; empties the outbox).
+    Base class. ``state -> S`` (a StrEnum member), ``name -> str``, ``can(trigger) -> bool``
+    (a rule exists for the current state; guards not evaluated), ``permitted_triggers() ->
+    frozenset[str]``, ``pop_transitions() -> list[Transition]`` (oldest first; empties the
+    outbox, which is unbounded: pop after every trigger).
     Subclasses set ``SPEC``, define ``_guard_<name>(event) -> bool`` for each guard, and
     override ``_apply(...)`` to update their own fields and return the record's detail.
     ``_apply`` runs after the state changed, so it must not raise: triggers validate their

@@ -34,6 +34,9 @@ Public API (every trigger also takes an optional aware ``wall`` for the log reco
     Triggers raise ``IllegalTransition`` in states with no rule for them; ``probe_done``
     and ``drained`` also raise when the probe is not held.
 
+Inherited from ``StateMachine``: ``name``, ``can(trigger)``, ``permitted_triggers()``,
+``pop_transitions() -> list[Transition]``.
+
 ``TRANSITIONS`` the rule table; ``SPEC`` the whole machine as data.
 """
 

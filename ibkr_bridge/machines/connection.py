@@ -44,6 +44,9 @@ Public API:
     ``resume_at`` (ISO 8601) and ``wait`` seconds; entering RESET_WAIT starts back-off
     over, so a failed connect after the reset window is back-off attempt 1.
 
+Inherited from ``StateMachine``: ``name``, ``can(trigger)``, ``permitted_triggers()``,
+``pop_transitions() -> list[Transition]``.
+
 ``TRANSITIONS`` the rule table; ``SPEC`` the whole machine as data.
 """
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import enum
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+import ibkr_bridge
 from ibkr_bridge.machines import (
     BreakerState,
     CircuitBreaker,
@@ -438,3 +441,30 @@ def test_random_sequences_keep_the_outbox_consistent(steps: list[tuple[str, floa
         else:
             assert b.state is before
     assert [(t.trigger, t.source, t.dest) for t in b.pop_transitions()] == seen
+
+
+PURE_MODULES = (
+    "machines/base.py",
+    "machines/breaker.py",
+    "machines/connection.py",
+    "resetwindow.py",
+)
+FORBIDDEN_IMPORTS = {"asyncio", "logging", "time", "socket", "os", "io", "pathlib", "threading"}
+
+
+@pytest.mark.parametrize("relpath", PURE_MODULES)
+def test_machines_stay_pure(relpath: str) -> None:
+    source = (Path(ibkr_bridge.__file__).parent / relpath).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            # No clock reads (the time module is banned above): time is an argument.
+            assert node.func.attr not in {"now", "utcnow", "today", "fromtimestamp"}, (
+                f"{relpath} reads a clock at line {node.lineno}"
+            )
+    assert not imported & FORBIDDEN_IMPORTS

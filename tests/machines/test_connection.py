@@ -192,6 +192,20 @@ def test_reset_wait_uses_real_seconds_with_any_wall_zone() -> None:
     assert a.resume_at == b.resume_at
 
 
+def test_reset_wait_across_a_dst_change_counts_real_seconds() -> None:
+    # A window that straddles the 2025-11-02 fall-back: 01:10 EDT to 03:00 EST is 2h50m of
+    # real time, though the local clock moves only 1h50m.
+    policy = WatchdogPolicy(
+        reset_window_start=time(1, 0), reset_window_end=time(1, 30), resume_at=time(3, 0)
+    )
+    m = live(policy=policy)
+    wall = datetime(2025, 11, 2, 1, 10, tzinfo=NY)  # fold=0: the EDT one
+    assert m.disconnected(0.0, wall, "reset")
+    assert m.state is S.RESET_WAIT
+    assert m.wake_at == 2 * 3600 + 50 * 60
+    assert m.resume_at == datetime(2025, 11, 2, 3, 0, tzinfo=NY)
+
+
 @pytest.mark.parametrize(
     ("local", "dest"),
     [

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -34,6 +34,7 @@ __all__ = [
     "TcpProxy",
     "TestDatabase",
     "find_postgres",
+    "wait_until",
 ]
 
 
@@ -272,3 +273,18 @@ class TestDatabase:
             return rows
         finally:
             await conn.close()
+
+
+async def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+) -> None:
+    """Poll ``condition`` until it holds; raise TimeoutError (with no timing claim) if not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s: {condition}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,423 @@
+"""The durable writer: every record reaches PostgreSQL exactly once, in order.
+
+It is the async driver of the pure circuit breaker
+(:mod:`ibkr_bridge.machines.breaker`): it owns the IO (the :class:`~ibkr_bridge.store.Store`
+and the :class:`~ibkr_bridge.buffer.JsonlBuffer`) and translates what happens into the
+breaker's triggers, and the breaker's transitions into ``api_logs`` events.
+
+Routing, for each batch handed to :meth:`DurableWriter.submit` (in submission order):
+
+- breaker CLOSED and nothing buffered: written straight to PostgreSQL. If that write has
+  not finished after ``spill_after`` seconds, the batch is also appended to the buffer
+  (fsync'd), so a stalled database never holds un-persisted rows for long; should the slow
+  write commit after all, draining the copy is a no-op thanks to the idempotency key.
+- anything else (breaker OPEN or HALF_OPEN, or rows already buffered): appended to the
+  buffer behind what is there, so order is kept.
+
+A transient failure opens the breaker and the batch goes to the buffer. Every
+``retry_interval`` the breaker lets exactly one probe through (HALF_OPEN): the drain,
+which re-checks the schema, then copies the buffer into PostgreSQL batch by batch,
+advancing the buffer's fsync'd cursor only after each commit. When the buffer is empty
+the breaker closes; a failure re-opens it. A record PostgreSQL refuses as data (a
+permanent error) never trips the breaker and never blocks the rows behind it: its batch is
+retried row by row, the refused rows are written to ``<buffer>.rejected`` (mode 0600) and
+reported in ``api_logs``.
+
+A record is *durable* once committed or fsync'd into the buffer; the future returned by
+:meth:`submit` resolves then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from .buffer import BufferFullError, JsonlBuffer
+from .clock import Clock, SystemClock
+from .errors import LifecycleError, PermanentStoreError, TransientStoreError
+from .machines.base import Transition
+from .machines.breaker import BreakerState, CircuitBreaker
+from .records import ApiEvent, Record, Status, record_to_json
+from .store import Store, split_raw
+
+log = logging.getLogger(__name__)
+
+SPILL_AFTER: Final = 1.0
+
+
+@attrs.frozen
+class SinkStats:
+    """Counters for health checks and metrics."""
+
+    written: int
+    buffered: int
+    drained: int
+    rejected: int
+    refused_full: int
+    quarantined: int
+
+
+class DurableWriter:
+    """Routes records to PostgreSQL or the crash-safe buffer, guarded by the breaker."""
+
+    def __init__(
+        self,
+        store: Store,
+        buffer: JsonlBuffer,
+        *,
+        api_mode: str,
+        clock: Clock | None = None,
+        retry_interval: float = 60.0,
+        batch_size: int = 5000,
+        spill_after: float = SPILL_AFTER,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._buffer = buffer
+        self._api_mode = api_mode
+        self._clock: Clock = clock or SystemClock()
+        self._batch_size = batch_size
+        self._spill_after = spill_after
+        self._on_transition = on_transition
+        self.breaker = CircuitBreaker(retry_interval=retry_interval)
+        self._queue: deque[tuple[list[Record], asyncio.Future[None]]] = deque()
+        self._wake_writer = asyncio.Event()
+        self._wake_drain = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stragglers: set[asyncio.Task[None]] = set()
+        self._rejected_path = Path(str(buffer.path) + ".rejected")
+        self._running = False
+        self._stopped = False
+        self._full_episode = False
+        self._written = self._buffered = self._drained = 0
+        self._rejected = self._refused_full = self._quarantined = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._running or self._stopped:
+            raise LifecycleError("a DurableWriter can be started once")
+        self._running = True
+        self._tasks = [
+            asyncio.create_task(self._writer_loop(), name="ibkr-bridge-writer"),
+            asyncio.create_task(self._drain_loop(), name="ibkr-bridge-drain"),
+        ]
+        if not self._buffer.is_empty:
+            self.log_event("buffer", "rows left in the buffer by an earlier run: draining")
+
+    async def stop(self) -> None:
+        """Persist everything submitted so far (database or buffer), then stop."""
+        if not self._running:
+            self._stopped = True
+            return
+        await self.flush()
+        self._running = False
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._stragglers:
+            await asyncio.gather(*self._stragglers, return_exceptions=True)
+
+    async def __aenter__(self) -> DurableWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- public API -------------------------------------------------------------------
+
+    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Queue records; the future resolves once they are durable. Never blocks."""
+        if self._stopped:
+            raise LifecycleError("the writer is stopped")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not records:
+            fut.set_result(None)
+            return fut
+        self._queue.append((list(records), fut))
+        self._wake_writer.set()
+        return fut
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Submit and wait until durable."""
+        await self.submit(records)
+
+    def log_event(
+        self,
+        event: str,
+        message: str,
+        *,
+        status: Status = "info",
+        machine: str | None = None,
+        source_state: str | None = None,
+        dest_state: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> asyncio.Future[None]:
+        """Record one ``api_logs`` event (buffered like rows while the database is down)."""
+        record = ApiEvent(
+            timestamp=self._clock.now(),
+            api_mode=self._api_mode,
+            event=event,
+            message=message,
+            status=status,
+            machine=machine,
+            source_state=source_state,
+            dest_state=dest_state,
+            detail=dict(detail or {}),
+        )
+        level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[status]
+        log.log(level, "%s: %s", event, message)
+        return self.submit([record])
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is durable."""
+        pending = [fut for _, fut in self._queue]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def stats(self) -> SinkStats:
+        return SinkStats(
+            written=self._written,
+            buffered=self._buffered,
+            drained=self._drained,
+            rejected=self._rejected,
+            refused_full=self._refused_full,
+            quarantined=self._quarantined,
+        )
+
+    @property
+    def buffer(self) -> JsonlBuffer:
+        return self._buffer
+
+    # -- the writer: live path or buffer ---------------------------------------------
+
+    async def _writer_loop(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._queue:
+                batch: list[Record] = []
+                futures: list[asyncio.Future[None]] = []
+                while self._queue:
+                    records, fut = self._queue.popleft()
+                    batch.extend(records)
+                    futures.append(fut)
+                try:
+                    await self._route(batch)
+                except Exception as exc:  # never let one batch kill the loop
+                    log.exception("unexpected error while writing a batch")
+                    for fut in futures:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def _route(self, batch: list[Record]) -> None:
+        if self.breaker.state is not BreakerState.CLOSED or not self._buffer.is_empty:
+            self._append(batch)
+            return
+        write = asyncio.create_task(self._store.write(batch))
+        done, _ = await asyncio.wait({write}, timeout=self._spill_after)
+        if not done:
+            # A stalled database: make the batch durable now; let the write finish
+            # (or fail) in the background. A late commit makes the drained copy a no-op.
+            self._append(batch)
+            self._stragglers.add(write)
+            write.add_done_callback(self._straggler_done)
+            return
+        exc = write.exception()
+        if exc is None:
+            self._written += len(batch)
+            return
+        if isinstance(exc, TransientStoreError):
+            self._append(batch)
+            self._trip(exc)
+        elif isinstance(exc, PermanentStoreError):
+            await self._isolate(batch)
+        else:
+            raise exc
+
+    def _straggler_done(self, task: asyncio.Task[None]) -> None:
+        self._stragglers.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, TransientStoreError):
+            self._trip(exc)
+
+    def _append(self, batch: list[Record]) -> None:
+        try:
+            self._buffer.append(batch)
+        except BufferFullError as exc:
+            # Documented policy: what is buffered is kept; new records are refused,
+            # counted and reported (once per episode), never silently dropped.
+            self._refused_full += len(batch)
+            for record in batch:
+                log.error("buffer full, refused: %s", record_to_json(record))
+            if not self._full_episode:
+                self._full_episode = True
+                log.error("%s", exc)
+            return
+        if self._full_episode:
+            self._full_episode = False
+            self.log_event(
+                "buffer_full",
+                f"the buffer reached its size cap; {self._refused_full} records were refused "
+                "(logged in full to the service log)",
+                status="error",
+                detail={"refused_total": self._refused_full},
+            )
+        self._buffered += len(batch)
+        self._wake_drain.set()
+
+    async def _isolate(self, batch: Sequence[Record]) -> None:
+        """A batch PostgreSQL refused as data: write it row by row, reject the bad ones."""
+        for i, record in enumerate(batch):
+            try:
+                await self._store.write([record])
+            except PermanentStoreError as exc:
+                self._reject(record_to_json(record), str(exc))
+            except TransientStoreError as exc:
+                # The database went away meanwhile: the rest waits in the buffer, in order.
+                self._append(list(batch[i:]))
+                self._trip(exc)
+                return
+            else:
+                self._written += 1
+
+    def _reject(self, line: str, error: str) -> None:
+        self._rejected += 1
+        entry = json.dumps({"error": error, "record": line}, separators=(",", ":"))
+        fd = os.open(self._rejected_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, entry.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        key = json.loads(line).get("key")
+        self.log_event(
+            "rejected",
+            f"PostgreSQL refused a record as data; kept in {self._rejected_path.name}: {error}",
+            status="error",
+            detail={"key": key, "error": error, "file": str(self._rejected_path)},
+        )
+
+    # -- the breaker ------------------------------------------------------------------
+
+    def _trip(self, exc: BaseException) -> None:
+        now = self._clock.monotonic()
+        if self.breaker.state is not BreakerState.OPEN:
+            self.breaker.failure(now, error=str(exc))
+            self._publish_transitions()
+        self._wake_drain.set()
+
+    def _publish_transitions(self) -> None:
+        for t in self.breaker.pop_transitions():
+            if self._on_transition is not None:
+                self._on_transition(t)
+            status: Status = "warning" if t.dest == BreakerState.OPEN.value else "info"
+            detail = {"trigger": t.trigger, **t.detail}
+            self.log_event(
+                "transition",
+                f"database circuit breaker {t.source} -> {t.dest} ({t.trigger})",
+                status=status,
+                machine="breaker",
+                source_state=t.source,
+                dest_state=t.dest,
+                detail=detail,
+            )
+
+    # -- the drain: the single probe --------------------------------------------------
+
+    async def _drain_loop(self) -> None:
+        while True:
+            state = self.breaker.state
+            if state is BreakerState.CLOSED and self._buffer.is_empty:
+                self._wake_drain.clear()
+                await self._wake_drain.wait()
+                continue
+            if state is BreakerState.OPEN:
+                deadline = self.breaker.next_retry_at
+                if deadline is not None and self._clock.monotonic() < deadline:
+                    await self._clock.sleep_until(deadline)
+                self.breaker.retry_due(self._clock.monotonic())
+                self._publish_transitions()
+                continue
+            if state is BreakerState.HALF_OPEN and not self.breaker.probe_held:
+                # This task is the only prober, so acquiring cannot be refused here; the
+                # machine still enforces "one probe at a time" for any other driver.
+                self.breaker.try_acquire_probe(self._clock.monotonic())
+                self._publish_transitions()
+            await self._drain_once()
+
+    async def _drain_once(self) -> None:
+        probing = self.breaker.state is BreakerState.HALF_OPEN
+        try:
+            if probing:
+                # Someone may have dropped a table while we were down: recreate it.
+                await self._store.ensure_schema()
+            while True:
+                batch = self._buffer.read_raw_batch(self._batch_size)
+                if batch.quarantined:
+                    self._quarantined += batch.quarantined
+                    self.log_event(
+                        "quarantine",
+                        f"{batch.quarantined} unreadable buffer line(s) moved to "
+                        f"{self._buffer.path}.quarantine",
+                        status="error",
+                        detail={"lines": batch.quarantined},
+                    )
+                if not batch.lines:
+                    self._buffer.commit(batch)
+                    if self._buffer.is_empty:
+                        break
+                    continue
+                await self._write_drained(batch.lines)
+                self._buffer.commit(batch)
+                self._drained += len(batch.lines)
+        except TransientStoreError as exc:
+            if self.breaker.state is BreakerState.HALF_OPEN:
+                self.breaker.failure(self._clock.monotonic(), error=str(exc))
+                self._publish_transitions()
+            else:
+                self._trip(exc)
+            return
+        except Exception as exc:
+            # e.g. SchemaError: a table exists in a shape we cannot write. Keep the rows,
+            # say so, and try again at the next retry.
+            log.exception("drain failed")
+            if self.breaker.state is BreakerState.HALF_OPEN:
+                self.breaker.failure(self._clock.monotonic(), error=str(exc))
+                self._publish_transitions()
+            else:
+                self._trip(exc)
+            self.log_event("error", f"draining the buffer failed: {exc}", status="error")
+            return
+        # Buffer empty: nothing awaits between the check above and this, so no new row
+        # can slip in ahead of the state change.
+        if self.breaker.state is BreakerState.HALF_OPEN:
+            self.breaker.drained(self._clock.monotonic())
+            self._publish_transitions()
+
+    async def _write_drained(self, lines: list[dict[str, Any]]) -> None:
+        try:
+            await self._store.write_tuples(*split_raw(lines))
+        except PermanentStoreError:
+            for line in lines:
+                try:
+                    await self._store.write_tuples(*split_raw([line]))
+                except PermanentStoreError as exc:
+                    self._reject(json.dumps(line, separators=(",", ":")), str(exc))

@@ -1,0 +1,197 @@
+"""The durable writer against a real PostgreSQL behind a misbehaving TCP proxy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import attrs
+import pytest
+
+from ibkr_bridge.buffer import JsonlBuffer
+from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.machines.breaker import BreakerState
+from ibkr_bridge.records import ApiEvent, GreeksRow
+from ibkr_bridge.sink import DurableWriter
+from ibkr_bridge.store import Store
+from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
+
+T0 = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)
+
+
+def row(i: int) -> GreeksRow:
+    return GreeksRow(
+        timestamp=T0 + timedelta(seconds=5 * i),
+        account="DU1",
+        api_mode="SOCKET",
+        delta=float(i),
+        gamma=0.5,
+        vega=-3.25,
+        theta=None,
+        underlying_price=500.0 + i,
+        legs=2,
+    )
+
+
+@attrs.define
+class Rig:
+    db: TestDatabase
+    proxy: TcpProxy
+    store: Store
+    buffer: JsonlBuffer
+    clock: FakeClock
+    sink: DurableWriter
+
+    async def greeks_deltas(self) -> list[float]:
+        rows = await self.db.fetch("SELECT delta FROM portfolio_greeks ORDER BY id")
+        return [r["delta"] for r in rows]
+
+    async def transitions(self) -> list[tuple[str, str]]:
+        rows = await self.db.fetch(
+            "SELECT source_state, dest_state FROM api_logs"
+            " WHERE machine = 'breaker' AND source_state <> dest_state ORDER BY id"
+        )
+        return [(r["source_state"], r["dest_state"]) for r in rows]
+
+
+@pytest.fixture
+async def rig(db: TestDatabase, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with TcpProxy(*db.server_address()) as proxy:
+        store = await Store.open(db.proxied_dsn(proxy), connect_timeout=0.5, command_timeout=1.0)
+        await store.ensure_schema()
+        buffer = JsonlBuffer(tmp_path / "buffer.jsonl")
+        buffer.open()
+        clock = FakeClock(start=T0)
+        sink = DurableWriter(
+            store, buffer, api_mode="SOCKET", clock=clock, retry_interval=60.0, spill_after=0.3
+        )
+        await sink.start()
+        yield Rig(db, proxy, store, buffer, clock, sink)
+        proxy.up()
+        await sink.stop()
+        buffer.close()
+        await store.close()
+
+
+async def test_healthy_rows_go_straight_to_the_database(rig: Rig) -> None:
+    for i in range(3):
+        await rig.sink.write([row(i)])
+    assert await rig.greeks_deltas() == [0.0, 1.0, 2.0]
+    assert rig.buffer.is_empty
+    assert rig.sink.breaker.state is BreakerState.CLOSED
+    assert rig.sink.stats.written == 3
+
+
+async def test_outage_buffers_then_drains_in_order_once(rig: Rig) -> None:
+    await rig.sink.write([row(0)])
+    rig.proxy.down()
+    for i in range(1, 6):
+        await rig.sink.write([row(i)])  # durable (in the buffer) although the DB is down
+    assert rig.sink.breaker.state is BreakerState.OPEN
+    assert not rig.buffer.is_empty
+    assert rig.buffer.count_pending() >= 5
+
+    # Before the retry interval nothing touches the database.
+    rig.proxy.up()
+    accepted = rig.proxy.connections_accepted
+    await rig.clock.advance(59.0)
+    assert rig.sink.breaker.state is BreakerState.OPEN
+    assert rig.proxy.connections_accepted == accepted
+
+    await rig.clock.advance(1.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    assert rig.buffer.is_empty
+    await rig.sink.write([row(6)])
+    assert await rig.greeks_deltas() == [float(i) for i in range(7)]
+    assert await rig.transitions() == [
+        ("CLOSED", "OPEN"),
+        ("OPEN", "HALF_OPEN"),
+        ("HALF_OPEN", "CLOSED"),
+    ]
+
+
+async def test_failed_probe_reopens_and_waits_again(rig: Rig) -> None:
+    rig.proxy.down()
+    await rig.sink.write([row(0)])
+    await rig.clock.advance(60.0)  # probe while still down
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.OPEN and rig.clock.sleepers > 0)
+    rig.proxy.up()
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    assert await rig.greeks_deltas() == [0.0]
+    assert await rig.transitions() == [
+        ("CLOSED", "OPEN"),
+        ("OPEN", "HALF_OPEN"),
+        ("HALF_OPEN", "OPEN"),
+        ("OPEN", "HALF_OPEN"),
+        ("HALF_OPEN", "CLOSED"),
+    ]
+
+
+async def test_black_hole_spills_to_the_buffer_and_nothing_is_doubled(rig: Rig) -> None:
+    await rig.sink.write([row(0)])
+    rig.proxy.blackhole()
+    await rig.sink.write([row(1)])  # resolves after spill_after, not after the deadline
+    assert not rig.buffer.is_empty
+    await rig.sink.write([row(2)])
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.OPEN, timeout=10)
+    rig.proxy.up()
+    rig.proxy.cut()
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED, timeout=10)
+    assert await rig.greeks_deltas() == [0.0, 1.0, 2.0]
+
+
+async def test_bad_data_is_rejected_not_blocking(rig: Rig, tmp_path: Path) -> None:
+    bad = ApiEvent(timestamp=T0, api_mode="SOCKET", event="error", message="nul\x00byte")
+    await rig.sink.write([row(0), bad, row(1)])
+    assert await rig.greeks_deltas() == [0.0, 1.0]
+    assert rig.sink.breaker.state is BreakerState.CLOSED
+    rejected = (tmp_path / "buffer.jsonl.rejected").read_text().splitlines()
+    assert len(rejected) == 1
+    assert json.loads(json.loads(rejected[0])["record"])["key"] == bad.key
+    assert (tmp_path / "buffer.jsonl.rejected").stat().st_mode & 0o777 == 0o600
+    await rig.sink.flush()
+    logged = await rig.db.fetch("SELECT detail FROM api_logs WHERE event = 'rejected'")
+    assert json.loads(logged[0]["detail"])["key"] == bad.key
+
+
+async def test_dropped_table_is_recreated_and_rows_drained(rig: Rig) -> None:
+    await rig.sink.write([row(0)])
+    conn = await rig.db.connect()
+    try:
+        await conn.execute("DROP TABLE portfolio_greeks")
+    finally:
+        await conn.close()
+    await rig.sink.write([row(1)])
+    assert rig.sink.breaker.state is BreakerState.OPEN
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    assert await rig.greeks_deltas() == [1.0]
+
+
+async def test_rows_left_by_a_crash_are_drained_at_start(db: TestDatabase, tmp_path: Path) -> None:
+    path = tmp_path / "buffer.jsonl"
+    n = 20_000  # enough that a live write racing the drain would land in the middle
+    with JsonlBuffer(path) as leftover:
+        leftover.append([row(i) for i in range(n)])
+    store = await Store.open(db.dsn)
+    await store.ensure_schema()
+    buffer = JsonlBuffer(path)
+    buffer.open()
+    sink = DurableWriter(store, buffer, api_mode="SOCKET", clock=FakeClock(start=T0))
+    try:
+        # Submitted before the drain could run: it must still go behind the leftovers.
+        written = sink.submit([row(n)])
+        await sink.start()
+        await written
+        await wait_until(lambda: buffer.is_empty)
+        await sink.flush()
+    finally:
+        await sink.stop()
+        buffer.close()
+        await store.close()
+    rows = await db.fetch("SELECT delta FROM portfolio_greeks ORDER BY id")
+    assert [r["delta"] for r in rows] == [float(i) for i in range(n + 1)]

@@ -7,6 +7,13 @@ protocol.
 
 from __future__ import annotations
 
+from ibkr_bridge.sim.faults import (
+    FaultScriptError,
+    FaultStep,
+    load_fault_script,
+    parse_fault_script,
+    run_fault_script,
+)
 from ibkr_bridge.sim.portfolio import (
     Instrument,
     OptionGreeks,
@@ -20,17 +27,25 @@ from ibkr_bridge.sim.portfolio import (
     portfolio_from_dict,
     single_underlying_portfolio,
 )
+from ibkr_bridge.sim.tws import RequestRecord, TwsSimulator
 
 __all__ = [
+    "FaultScriptError",
+    "FaultStep",
     "Instrument",
     "OptionGreeks",
     "Portfolio",
     "PortfolioSnapshot",
     "Position",
     "PositionChange",
+    "RequestRecord",
+    "TwsSimulator",
     "black_scholes",
     "default_portfolio",
+    "load_fault_script",
     "load_portfolio",
+    "parse_fault_script",
     "portfolio_from_dict",
+    "run_fault_script",
     "single_underlying_portfolio",
 ]

@@ -93,6 +93,7 @@ class DurableWriter:
         self._wake_drain = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stragglers: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
         self._rejected_path = Path(str(buffer.path) + ".rejected")
         self._running = False
         self._stopped = False
@@ -145,6 +146,8 @@ class DurableWriter:
             fut.set_result(None)
             return fut
         self._queue.append((list(records), fut))
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
         self._wake_writer.set()
         return fut
 
@@ -181,7 +184,9 @@ class DurableWriter:
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is durable."""
-        pending = [fut for _, fut in self._queue]
+        # Futures leave the queue when a batch is taken, not when it is durable: wait
+        # for every unresolved one.
+        pending = list(self._pending)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 

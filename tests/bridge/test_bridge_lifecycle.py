@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -108,7 +109,7 @@ async def test_rows_every_interval_only_while_live(
     await b.sink.flush()
     rows = await db.fetch("SELECT timestamp, delta FROM portfolio_greeks ORDER BY id")
     assert [r["delta"] for r in rows] == [1.0, 2.0, 3.0, 4.0]
-    gaps = {(b2["timestamp"] - a["timestamp"]).total_seconds() for a, b2 in zip(rows, rows[1:])}
+    gaps = {(b2["timestamp"] - a["timestamp"]).total_seconds() for a, b2 in pairwise(rows)}
     assert gaps == {5.0}
 
     feed.drop()

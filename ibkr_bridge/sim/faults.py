@@ -8,7 +8,7 @@ A fault script is a list of steps, each ``{"at": seconds, "fault": name, ...para
       {"at": 40, "fault": "sentinel_greeks", "mode": "minus2", "seconds": 15},
       {"at": 60, "fault": "set_position", "account": "DU1234567", "conid": 756733,
        "quantity": 200},
-      {"at": 90, "fault": "restart", "downtime": 5}
+      {"at": 90, "fault": "restart", "downtime": 5, "stale_ids": 10}
     ]
 
 Parameters are checked when the script is loaded, so a typo fails at start-up rather
@@ -31,7 +31,7 @@ from ibkr_bridge.clock import Clock
 
 log = logging.getLogger(__name__)
 
-SENTINEL_MODES: Final = ("minus2", "dblmax", "nan", "missing")
+SENTINEL_MODES: Final = ("minus2", "vega_theta", "dblmax", "nan", "missing")
 RESET_KINDS: Final = ("1101", "1102")
 
 
@@ -42,7 +42,8 @@ class FaultScriptError(ValueError):
 # Per fault: parameter name → (accepted Python types, required?)
 _NUM = (int, float)
 _SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] = {
-    "restart": {"downtime": (_NUM, False)},
+    "restart": {"downtime": (_NUM, False), "stale_ids": (_NUM, False)},
+    "port_reset": {},
     "daily_reset": {"kind": ((str, int), False), "outage": (_NUM, False)},
     "refuse": {"seconds": (_NUM, False)},
     "freeze": {"seconds": (_NUM, False)},
@@ -72,7 +73,9 @@ class FaultStep:
 class FaultTarget(Protocol):
     """What a simulator offers to a fault script."""
 
-    async def restart(self, downtime: float = 0.0) -> None: ...
+    async def restart(self, downtime: float = 0.0, stale_ids: float = 0.0) -> None: ...
+
+    async def port_reset(self) -> None: ...
 
     async def daily_reset(self, kind: str = "1101", outage: float = 30.0) -> None: ...
 
@@ -146,7 +149,9 @@ async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
     p = step.params
     match step.fault:
         case "restart":
-            await target.restart(float(p.get("downtime", 0.0)))
+            await target.restart(float(p.get("downtime", 0.0)), float(p.get("stale_ids", 0.0)))
+        case "port_reset":
+            await target.port_reset()
         case "daily_reset":
             await target.daily_reset(str(p.get("kind", "1101")), float(p.get("outage", 30.0)))
         case "refuse":

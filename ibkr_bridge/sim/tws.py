@@ -190,6 +190,7 @@ class TwsSimulator:
         self._refusing = False
         self._outage = False
         self._sentinel: str | None = None
+        self._stale_ids: dict[int, float] = {}  # client id -> monotonic time it frees up
         self.connections_accepted = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -367,12 +368,35 @@ class TwsSimulator:
 
     # -- faults ---------------------------------------------------------------------------
 
-    async def restart(self, downtime: float = 0.0) -> None:
-        """Gateway restart: every API socket closes; refuse connects for ``downtime`` s."""
-        log.info("fault: restart (downtime %.1fs)", downtime)
+    async def restart(self, downtime: float = 0.0, stale_ids: float = 0.0) -> None:
+        """Gateway restart: every API socket closes; refuse connects for ``downtime`` s.
+
+        With ``stale_ids`` the old sessions' client ids stay taken for that long (from
+        now), so a quick reconnect gets error 326 as from a Gateway that has not yet
+        noticed the old session is gone.
+        """
+        log.info("fault: restart (downtime %.1fs, stale ids %.1fs)", downtime, stale_ids)
         if downtime > 0:
             await self.refuse(downtime)
+        until = self._clock.monotonic() + stale_ids
         for conn in list(self._conns.values()):
+            if conn.started and conn.client_id is not None and stale_ids > 0:
+                self._stale_ids[conn.client_id] = until
+            # Forget the session now, so client_ids is exact once restart() returns.
+            conn.started = False
+            conn.close()
+
+    async def port_reset(self) -> None:
+        """Error 1300 (API port reset) to every session, then its socket closes."""
+        log.info("fault: port reset (1300)")
+        text = (
+            "TWS socket port has been reset and this connection is being dropped. "
+            f"Please reconnect on the new port - {self._port}"
+        )
+        for conn in list(self._conns.values()):
+            if conn.started:
+                self._send_error(conn, -1, 1300, text)
+            conn.started = False
             conn.close()
 
     async def daily_reset(self, kind: str = "1101", outage: float = 30.0) -> None:
@@ -472,6 +496,7 @@ class TwsSimulator:
         """Greeks arrive as IBKR's sentinels for ``seconds`` (or until cleared).
 
         ``minus2``: IBKR's "not computed" values (delta/gamma/vega/theta -2, the others -1);
+        ``vega_theta``: real delta, gamma and prices but vega and theta -2;
         ``dblmax``: 1.7976931348623157E308; ``nan``: NaN; ``missing``: no
         tickOptionComputation at all.
         """
@@ -602,7 +627,8 @@ class TwsSimulator:
         if conn.started:
             return
         client_id = int(fields[2])
-        if client_id in self.client_ids:
+        stale = self._stale_ids.get(client_id, -math.inf) > self._clock.monotonic()
+        if client_id in self.client_ids or stale:
             log.info("client id %d already in use: error 326 and close", client_id)
             self._send_error(conn, -1, 326, MSG_CLIENT_IN_USE)
             conn.close()
@@ -890,14 +916,15 @@ class TwsSimulator:
             g = self.portfolio.greeks(inst.conid, now)
             if g is None:
                 return
+            vega, theta = (-2.0, -2.0) if mode == "vega_theta" else (g.vega, g.theta)
             values = [
                 g.implied_vol,
                 g.delta,
                 g.option_price,
                 0.0,
                 g.gamma,
-                g.vega,
-                g.theta,
+                vega,
+                theta,
                 g.underlying_price,
             ]
         self._write(conn, wire.tick_option_computation(req_id, tick_type, 0, *values))

@@ -356,6 +356,34 @@ async def test_restart_closes_every_socket(sim: TwsSimulator, ib: Any) -> None:
     again.disconnect()
 
 
+async def test_restart_with_stale_ids_gives_326_until_they_free_up(
+    sim: TwsSimulator, ib: Any, clock: FakeClock
+) -> None:
+    await sim.restart(stale_ids=20)
+    assert sim.client_ids == frozenset()
+    await until(lambda: not ib.isConnected())
+    quick = IB()
+    codes = error_codes(quick)
+    with pytest.raises(TimeoutError):
+        await quick.connectAsync("127.0.0.1", sim.port, clientId=10, readonly=True, timeout=0.5)
+    assert 326 in codes
+    other_id = await connect(sim.port, client_id=14)  # only the old ids are taken
+    other_id.disconnect()
+    await clock.advance(20)
+    again = await connect(sim.port, client_id=10)
+    again.disconnect()
+
+
+async def test_port_reset_sends_1300_and_drops_the_session(sim: TwsSimulator, ib: Any) -> None:
+    codes = error_codes(ib)
+    closed = asyncio.Event()
+    ib.disconnectedEvent += closed.set
+    await sim.port_reset()
+    await asyncio.wait_for(closed.wait(), 3)
+    assert codes == [1300]
+    assert sim.client_ids == frozenset()
+
+
 async def test_restart_with_downtime_refuses_until_the_clock_moves(
     sim: TwsSimulator, ib: Any, clock: FakeClock
 ) -> None:
@@ -454,8 +482,10 @@ async def test_freeze_answers_nothing_until_it_ends(
     assert await asyncio.wait_for(ib.reqCurrentTimeAsync(), 3) == clock.now()
 
 
-@pytest.mark.parametrize("mode", ["minus2", "dblmax", "nan", "missing"])
-async def test_sentinel_greeks_reach_ib_async(sim: TwsSimulator, ib: Any, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["minus2", "vega_theta", "dblmax", "nan", "missing"])
+async def test_sentinel_greeks_reach_ib_async(
+    sim: TwsSimulator, ib: Any, mode: str, portfolio: Portfolio, clock: FakeClock
+) -> None:
     await sim.sentinel_greeks(mode)
     ticker = ib.reqMktData(contract_of(ib, SPY_PUT))
     await until(lambda: ticker.bid > 0)
@@ -467,6 +497,11 @@ async def test_sentinel_greeks_reach_ib_async(sim: TwsSimulator, ib: Any, mode: 
         # ib_async maps most "not computed" values to None, but not vega and theta
         assert (greeks.vega, greeks.theta) == (-2.0, -2.0)
         assert (greeks.delta, greeks.gamma, greeks.impliedVol, greeks.undPrice) == (None,) * 4
+    elif mode == "vega_theta":
+        want = expected_greeks(portfolio, SPY_PUT, clock.now())
+        assert (greeks.vega, greeks.theta) == (-2.0, -2.0)
+        assert greeks.delta == pytest.approx(want.delta, rel=1e-12)
+        assert greeks.gamma == pytest.approx(want.gamma, rel=1e-12)
     elif mode == "dblmax":
         assert greeks.vega == greeks.delta == 1.7976931348623157e308
     else:
@@ -512,6 +547,18 @@ async def test_framed_garbage_does_not_kill_the_session(sim: TwsSimulator, ib: A
     await sim.garbage(200)
     await barrier(ib)
     assert ib.isConnected()
+
+
+async def test_account_updates_repeat_on_the_account_interval(
+    sim: TwsSimulator, ib: Any, clock: FakeClock
+) -> None:
+    updates: list[Any] = []
+    ib.updatePortfolioEvent += updates.append
+    await clock.advance(sim.account_interval - 1)
+    await barrier(ib)
+    assert updates == []
+    await clock.advance(1)
+    await until(lambda: len(updates) == len(sim.portfolio.positions()))
 
 
 async def test_fault_script_runs_on_the_simulator_clock(
@@ -654,6 +701,20 @@ async def test_start_api_replies_field_by_field(
                                             ["4", "2", "-1", "2158"]]  # fmt: skip
         assert {len(n) for n in notices} == {error_fields}
         assert sim.client_ids == {7}
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("framed", [True, False])
+async def test_garbage_is_framed_or_raw(sim: TwsSimulator, framed: bool) -> None:
+    reader, writer = await raw_session(sim.port, "v157..178")
+    try:
+        await read_frames(reader, 1)
+        writer.write(frame("71\x002\x007\x00\x00"))
+        await read_frames(reader, 5)
+        await sim.garbage(16, framed=framed)
+        data = await asyncio.wait_for(reader.readexactly(16 + 4 * framed), 3)
+        assert (struct.unpack(">I", data[:4])[0] == 16) is framed
     finally:
         writer.close()
 

@@ -120,6 +120,7 @@ class Bridge:
         self._ticks_skipped = 0
         self._skip_reason: str | None = None
         self._ever_live = False
+        self._final_pending = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Bridge:
@@ -141,8 +142,13 @@ class Bridge:
             rows_submitted=self._rows_submitted,
             ticks_missed=self._ticks_missed,
             ticks_skipped=self._ticks_skipped,
-            buffer_pending_bytes=self._buffer.pending_bytes if self._buffer else 0,
+            buffer_pending_bytes=self._pending_bytes(),
         )
+
+    def _pending_bytes(self) -> int:
+        if self._buffer is None or self._finished:
+            return 0 if self._buffer is None else self._final_pending
+        return self._buffer.pending_bytes
 
     @property
     def connection_state(self) -> ConnectionState:
@@ -205,6 +211,7 @@ class Bridge:
             self._sink.log_event("shutdown", "bridge stopped")
             await self._sink.stop()
         if self._buffer is not None:
+            self._final_pending = self._buffer.pending_bytes
             self._buffer.close()
         if self._store is not None:
             await self._store.close()

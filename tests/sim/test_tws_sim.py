@@ -63,7 +63,9 @@ async def connect(port: int, client_id: int = 10, **kw: Any) -> Any:
     ib = IB()
     for key, value in kw.items():
         setattr(ib.client, key, value)
-    await ib.connectAsync("127.0.0.1", port, clientId=client_id, readonly=True, timeout=5)
+    await ib.connectAsync(
+        "127.0.0.1", port, clientId=client_id, readonly=True, timeout=5, raiseSyncErrors=True
+    )
     return ib
 
 
@@ -153,6 +155,21 @@ async def test_ib_async_connects_and_syncs(sim: TwsSimulator, ib: Any) -> None:
     # what a readonly client must never send
     assert 58 not in ids
     assert 15 not in ids
+
+
+async def test_a_trading_client_id_0_syncs_orders_too(sim: TwsSimulator) -> None:
+    ib = IB()
+    # raiseSyncErrors: a startup request left unanswered fails the connect
+    await ib.connectAsync(
+        "127.0.0.1", sim.port, clientId=0, readonly=False, timeout=3, raiseSyncErrors=True
+    )
+    try:
+        assert ib.isConnected()
+        assert ib.openTrades() == []
+        # reqOpenOrders, reqCompletedOrders, reqAutoOpenOrders (client id 0 only)
+        assert [sim.count_requests(m, client_id=0) for m in (5, 99, 15)] == [1, 1, 1]
+    finally:
+        ib.disconnect()
 
 
 async def test_startup_notices_and_next_valid_id(sim: TwsSimulator) -> None:

@@ -237,16 +237,9 @@ class _Session:
                 "right after a Gateway restart"
             )
             self.listener.feed_event("error", text, status="error", detail=detail)
-            if self.ready:
-                self.lost(text)
-            else:
-                self.fail(GatewayError(text))
+            self.lost(text, GatewayError(text))
         elif code == SOCKET_PORT_RESET:
-            text = f"IB {code}: {message}"
-            if self.ready:
-                self.lost(text)
-            else:
-                self.fail(ConnectionError(text))
+            self.lost(f"IB {code}: {message}")
         elif code == CONNECTIVITY_LOST:
             self.data_lost = True
             self.listener.feed_data_lost(code, message)
@@ -297,9 +290,13 @@ class _Session:
         assert self.failure is not None
         raise self.failure
 
-    def lost(self, reason: str) -> None:
-        """The connection is gone after connect(): tell the listener once, then close."""
+    def lost(self, reason: str, error: BaseException | None = None) -> None:
+        """The connection is gone: fail a pending connect, or tell the listener once."""
         if self.closed:
+            return
+        if not self.ready:
+            # connect() raises this and closes the session; the Bridge hears it from there.
+            self.fail(error if error is not None else ConnectionError(reason))
             return
         age = self.feed.clock.monotonic() - self.started_at
         # Called from inside ib_async's message handling: the socket is torn down on the

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.errors import AccountSelectionError, GatewayError
 from ibkr_bridge.greeks import PORTFOLIO
 from ibkr_bridge.records import GreeksRow, Status
@@ -281,13 +282,16 @@ async def test_client_id_zero_is_refused_before_any_socket_opens(clock: FakeCloc
 
 
 def test_from_settings_reads_the_socket_settings(clock: FakeClock) -> None:
-    settings = SimpleNamespace(
-        socket_host="::1",
-        socket_port=4002,
-        client_id=17,
-        account="DU5",
-        market_data_type=3,
-        connect_timeout=7.5,
+    settings = load_settings(
+        {
+            "IB_SOCKET_HOST": "::1",
+            "IB_SOCKET_PORT": "4002",
+            "IB_CLIENT_ID": "17",
+            "IB_ACCOUNT": "DU5",
+            "IB_MARKET_DATA_TYPE": "3",
+            "IB_CONNECT_TIMEOUT": "7.5",
+        },
+        use_dotenv=False,
     )
     feed = SocketFeed.from_settings(settings, clock)
     assert (feed.host, feed.port, feed.client_id, feed.account) == ("::1", 4002, 17, "DU5")

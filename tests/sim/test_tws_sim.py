@@ -499,6 +499,20 @@ async def test_freeze_answers_nothing_until_it_ends(
     assert await asyncio.wait_for(ib.reqCurrentTimeAsync(), 3) == clock.now()
 
 
+async def test_a_frozen_gateway_accepts_but_never_completes_a_handshake(
+    sim: TwsSimulator, clock: FakeClock
+) -> None:
+    await sim.freeze(10)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(connect(sim.port, client_id=15), 0.5)
+    assert sim.connections_accepted == 1
+    assert sim.client_ids == frozenset()
+    await clock.advance(10)
+    again = await connect(sim.port, client_id=15)
+    assert sim.client_ids == {15}
+    again.disconnect()
+
+
 @pytest.mark.parametrize("mode", ["minus2", "vega_theta", "dblmax", "nan", "missing"])
 async def test_sentinel_greeks_reach_ib_async(
     sim: TwsSimulator, ib: Any, mode: str, portfolio: Portfolio, clock: FakeClock

@@ -23,7 +23,6 @@ from ibkr_bridge.config import load_settings
 from ibkr_bridge.errors import AccountSelectionError, GatewayError
 from ibkr_bridge.greeks import PORTFOLIO
 from ibkr_bridge.records import GreeksRow, Status
-from ibkr_bridge.sim import tws_codec as wire
 from ibkr_bridge.sim.portfolio import (
     DEFAULT_ACCOUNT,
     ES_CONID,
@@ -347,44 +346,22 @@ async def test_snapshot_is_none_until_greeks_arrive(clock: FakeClock) -> None:
             assert by_contract(rows)[PORTFOLIO].legs == 6
 
 
-class VegaThetaSentinelSimulator(TwsSimulator):
-    """Sends IB's "not computed" -2 for vega and theta only; delta and gamma are real."""
-
-    def _send_greeks(
-        self, conn: Any, req_id: int, inst: Instrument, now: datetime, tick_type: int
-    ) -> None:
-        g = self.portfolio.greeks(inst.conid, now)
-        assert g is not None
-        values = [
-            g.implied_vol,
-            g.delta,
-            g.option_price,
-            0.0,
-            g.gamma,
-            -2.0,
-            -2.0,
-            g.underlying_price,
-        ]
-        self._write(conn, wire.tick_option_computation(req_id, tick_type, 0, *values))
-
-
 async def test_sentinel_vega_and_theta_give_missing_columns_and_keep_delta(
     clock: FakeClock,
 ) -> None:
     portfolio = default_portfolio(as_of=clock.now())
-    async with (
-        simulator(portfolio, clock, VegaThetaSentinelSimulator) as sim,
-        connected(sim) as (feed, _),
-    ):
-        rows = by_contract(await rows_of(feed, clock))
-        want = expected_rows(portfolio, clock.now())
-        for symbol in ("SPY", "ES"):
-            row = rows[symbol]
-            assert (row.vega, row.theta) == (None, None)
-            assert row.delta == pytest.approx(want[symbol]["delta"], rel=1e-9)
-            assert row.gamma == pytest.approx(want[symbol]["gamma"], rel=1e-9)
-        assert rows[PORTFOLIO].legs_missing == DEMO_OPTION_LEGS
-        assert (rows[PORTFOLIO].vega, rows[PORTFOLIO].theta) == (None, None)
+    async with simulator(portfolio, clock) as sim:
+        await sim.sentinel_greeks("vega_theta")  # IB's -2, which ib_async passes through
+        async with connected(sim) as (feed, _):
+            rows = by_contract(await rows_of(feed, clock))
+            want = expected_rows(portfolio, clock.now())
+            for symbol in ("SPY", "ES"):
+                row = rows[symbol]
+                assert (row.vega, row.theta) == (None, None)
+                assert row.delta == pytest.approx(want[symbol]["delta"], rel=1e-9)
+                assert row.gamma == pytest.approx(want[symbol]["gamma"], rel=1e-9)
+            assert rows[PORTFOLIO].legs_missing == DEMO_OPTION_LEGS
+            assert (rows[PORTFOLIO].vega, rows[PORTFOLIO].theta) == (None, None)
 
 
 async def test_all_sentinel_greeks_are_missing_never_summed(clock: FakeClock) -> None:
@@ -471,6 +448,27 @@ async def test_gateway_restart_reports_disconnect_and_reconnect_subscribes_afres
         assert len(recorder.of("disconnected")) == 1  # our own disconnect is not reported
 
 
+async def test_reconnect_while_the_old_session_holds_the_client_id(clock: FakeClock) -> None:
+    async with simulator(single_underlying_portfolio(as_of=clock.now()), clock) as sim:
+        feed, recorder = make_feed(sim)
+        try:
+            await feed.connect()
+            await sim.restart(stale_ids=30.0)
+            await eventually(lambda: recorder.of("disconnected"), "feed_disconnected")
+            # The Gateway still counts the old session: 326, and connect() says so.
+            with pytest.raises(GatewayError, match="already in use"):
+                await asyncio.wait_for(feed.connect(), GUARD)
+            assert len(recorder.events(326)) == 1
+            assert feed.snapshot(clock.now()) is None
+            await clock.advance(30.0)
+            await feed.connect()
+            rows = await rows_of(feed, clock)
+            assert rows[0].legs == 4
+            assert len(recorder.of("disconnected")) == 1
+        finally:
+            await feed.disconnect()
+
+
 async def test_1100_then_1101_loses_data_and_resubscribes(clock: FakeClock) -> None:
     async with (
         simulator(default_portfolio(as_of=clock.now()), clock) as sim,
@@ -545,8 +543,7 @@ async def test_1300_is_a_disconnect(clock: FakeClock) -> None:
         simulator(single_underlying_portfolio(as_of=clock.now()), clock) as sim,
         connected(sim) as (feed, recorder),
     ):
-        for conn in sim._started():  # no fault for 1300: send it as a Gateway would
-            sim._send_error(conn, -1, 1300, "TWS socket port has been reset")
+        await sim.port_reset()
         await eventually(lambda: recorder.of("disconnected"), "feed_disconnected")
         assert "1300" in recorder.of("disconnected")[0]["reason"]
         assert feed.snapshot(clock.now()) is None

@@ -18,6 +18,7 @@ from ibkr_bridge.buffer import JsonlBuffer
 from ibkr_bridge.records import GreeksRow
 from ibkr_bridge.sink import DurableWriter
 from ibkr_bridge.store import Store
+from ibkr_bridge.testing import wait_until
 
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
 
@@ -44,8 +45,9 @@ async def main(dsn: str, path: str, first: int, last: int) -> None:
         await sink.write([row(i)])
         print(f"ack {i}", flush=True)
     if first > last:
-        while not buffer.is_empty or sink.breaker.state.value != "CLOSED":
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: buffer.is_empty and sink.breaker.state.value == "CLOSED", timeout=60
+        )
         await sink.flush()
         print("drained", flush=True)
     await sink.stop()

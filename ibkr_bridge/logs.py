@@ -75,3 +75,5 @@ def configure_logging(
     # ib_async logs every wire message at DEBUG and each error at ERROR; the bridge reports
     # what matters in api_logs, so keep the library's own chatter to warnings.
     logging.getLogger("ib_async").setLevel(max(logging.WARNING, root.level))
+    # Its wrapper logs every IB error code at ERROR; the bridge logs them itself, classified.
+    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)

@@ -7,7 +7,7 @@ and the IBKR simulators in :mod:`ibkr_bridge.sim`.
 
 from __future__ import annotations
 
-from .bridge import Bridge, BridgeStatus
+from .bridge import Bridge, BridgeStatus, TickInfo
 from .buffer import BufferFullError, BufferLockedError, JsonlBuffer
 from .clock import Clock, FakeClock, SystemClock
 from .config import ApiMode, ConfigError, Settings, load_settings
@@ -55,6 +55,7 @@ __all__ = [
     "Store",
     "StoreError",
     "SystemClock",
+    "TickInfo",
     "TransientStoreError",
     "Transition",
     "__version__",

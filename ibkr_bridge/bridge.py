@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from .feed import Feed
 from .machines.base import Transition
 from .machines.breaker import BreakerState
 from .machines.connection import ConnectionMachine, ConnectionState
-from .records import GreeksRow, Status
+from .records import ApiEvent, GreeksRow, Status
 from .resetwindow import WatchdogPolicy
 from .sink import DurableWriter
 from .store import Store
@@ -40,6 +41,16 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 RowCallback = Callable[[Sequence[GreeksRow]], None]
+EventCallback = Callable[[ApiEvent], None]
+
+
+@attrs.frozen
+class TickInfo:
+    """What one tick of the writer did, for metrics."""
+
+    duration: float  # seconds spent aggregating and handing rows to the writer
+    rows: int
+    skipped: str | None  # why nothing was written, or None
 
 
 @attrs.frozen
@@ -102,6 +113,8 @@ class Bridge:
         self._mode = settings.api_mode.value
         self._machine = ConnectionMachine(watchdog_policy(settings))
         self._row_callbacks: list[RowCallback] = [on_rows] if on_rows else []
+        self._event_callbacks: list[EventCallback] = []
+        self._tick_callbacks: list[Callable[[TickInfo], None]] = []
         self._sink: DurableWriter | None = None
         self._store: Store | None = None
         self._buffer: JsonlBuffer | None = None
@@ -161,7 +174,18 @@ class Bridge:
         return self._sink
 
     def add_row_callback(self, callback: RowCallback) -> None:
+        """Call ``callback`` with the rows of every tick (after they are handed over)."""
         self._row_callbacks.append(callback)
+
+    def add_event_callback(self, callback: EventCallback) -> None:
+        """Call ``callback`` with every ``api_logs`` event (transitions included)."""
+        self._event_callbacks.append(callback)
+        if self._sink is not None:
+            self._sink.add_listener(callback)
+
+    def add_tick_callback(self, callback: Callable[[TickInfo], None]) -> None:
+        """Call ``callback`` after every tick of the writer."""
+        self._tick_callbacks.append(callback)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -242,6 +266,8 @@ class Bridge:
             retry_interval=s.retry_interval,
             batch_size=s.batch_size,
         )
+        for callback in self._event_callbacks:
+            self._sink.add_listener(callback)
         await self._sink.start()
         self._sink.log_event(
             "startup",
@@ -447,18 +473,32 @@ class Bridge:
             self._tick()
 
     def _tick(self) -> None:
+        started = time.perf_counter()
+        rows = self._tick_rows()
+        info = TickInfo(
+            duration=time.perf_counter() - started,
+            rows=len(rows) if rows else 0,
+            skipped=None if rows else self._skip_reason,
+        )
+        for callback in self._tick_callbacks:
+            try:
+                callback(info)
+            except Exception:
+                log.exception("tick callback failed")
+
+    def _tick_rows(self) -> list[GreeksRow] | None:
         if self._machine.stale:
             self._skip("data is stale (IB reports lost connectivity)")
-            return
+            return None
         try:
             rows = self._feed.snapshot(self._clock.now())
         except Exception as exc:  # a feed bug must not end the writer
             log.exception("snapshot failed")
             self._skip(f"snapshot failed: {_describe_error(exc)}")
-            return
+            return None
         if rows is None:
             self._skip("no complete market state yet (positions or Greeks pending)")
-            return
+            return None
         if self._skip_reason is not None:
             self._event("resumed", "writing rows again", detail={"after": self._skip_reason})
             self._skip_reason = None
@@ -471,6 +511,7 @@ class Bridge:
                 callback(rows)
             except Exception:
                 log.exception("row callback failed")
+        return rows
 
     def _skip(self, reason: str) -> None:
         self._ticks_skipped += 1

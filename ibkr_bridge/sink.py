@@ -43,7 +43,6 @@ import attrs
 from .buffer import BufferFullError, JsonlBuffer
 from .clock import Clock, SystemClock
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
-from .machines.base import Transition
 from .machines.breaker import BreakerState, CircuitBreaker
 from .records import ApiEvent, Record, Status, record_to_json
 from .store import Store, split_raw
@@ -78,7 +77,6 @@ class DurableWriter:
         retry_interval: float = 60.0,
         batch_size: int = 5000,
         spill_after: float = SPILL_AFTER,
-        on_transition: Callable[[Transition], None] | None = None,
     ) -> None:
         self._store = store
         self._buffer = buffer
@@ -86,7 +84,7 @@ class DurableWriter:
         self._clock: Clock = clock or SystemClock()
         self._batch_size = batch_size
         self._spill_after = spill_after
-        self._on_transition = on_transition
+        self._listeners: list[Callable[[ApiEvent], None]] = []
         self.breaker = CircuitBreaker(retry_interval=retry_interval)
         self._queue: deque[tuple[list[Record], asyncio.Future[None]]] = deque()
         self._wake_writer = asyncio.Event()
@@ -180,7 +178,16 @@ class DurableWriter:
         )
         level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[status]
         log.log(level, "%s: %s", event, message)
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:  # an observer must not break the writer
+                log.exception("event listener failed")
         return self.submit([record])
+
+    def add_listener(self, listener: Callable[[ApiEvent], None]) -> None:
+        """Call ``listener`` with every ``api_logs`` event as it is recorded (metrics, UIs)."""
+        self._listeners.append(listener)
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is durable."""
@@ -331,8 +338,6 @@ class DurableWriter:
 
     def _publish_transitions(self) -> None:
         for t in self.breaker.pop_transitions():
-            if self._on_transition is not None:
-                self._on_transition(t)
             status: Status = "warning" if t.dest == BreakerState.OPEN.value else "info"
             detail = {"trigger": t.trigger, **t.detail}
             self.log_event(

@@ -42,10 +42,11 @@ import attrs
 
 from .buffer import BufferFullError, JsonlBuffer
 from .clock import Clock, SystemClock
+from .drain import DrainProgress, drain_buffer
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
 from .machines.breaker import BreakerState, CircuitBreaker
 from .records import ApiEvent, Record, Status, record_to_json
-from .store import Store, split_raw
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class DurableWriter:
         self._running = False
         self._stopped = False
         self._full_episode = False
-        self._written = self._buffered = self._drained = 0
+        self._written = self._buffered = self._drained = self._drained_base = 0
         self._rejected = self._refused_full = self._quarantined = 0
 
     # -- lifecycle --------------------------------------------------------------------
@@ -352,6 +353,17 @@ class DurableWriter:
 
     # -- the drain: the single probe --------------------------------------------------
 
+    def _drained_batch(self, progress: DrainProgress, quarantined: int) -> None:
+        self._drained = self._drained_base + progress.drained - progress.rejected
+        if quarantined:
+            self._quarantined += quarantined
+            self.log_event(
+                "quarantine",
+                f"{quarantined} unreadable buffer line(s) moved to {self._buffer.quarantine_path}",
+                status="error",
+                detail={"lines": quarantined, "file": str(self._buffer.quarantine_path)},
+            )
+
     async def _drain_loop(self) -> None:
         while True:
             state = self.breaker.state
@@ -375,29 +387,18 @@ class DurableWriter:
 
     async def _drain_once(self) -> None:
         probing = self.breaker.state is BreakerState.HALF_OPEN
+        self._drained_base = self._drained
         try:
             if probing:
                 # Someone may have dropped a table while we were down: recreate it.
                 await self._store.ensure_schema()
-            while True:
-                batch = self._buffer.read_raw_batch(self._batch_size)
-                if batch.quarantined:
-                    self._quarantined += batch.quarantined
-                    self.log_event(
-                        "quarantine",
-                        f"{batch.quarantined} unreadable buffer line(s) moved to "
-                        f"{self._buffer.path}.quarantine",
-                        status="error",
-                        detail={"lines": batch.quarantined},
-                    )
-                if not batch.lines:
-                    self._buffer.commit(batch)
-                    if self._buffer.is_empty:
-                        break
-                    continue
-                await self._write_drained(batch.lines)
-                self._buffer.commit(batch)
-                self._drained += len(batch.lines)
+            await drain_buffer(
+                self._buffer,
+                self._store,
+                batch_size=self._batch_size,
+                reject=self._reject,
+                on_batch=self._drained_batch,
+            )
         except TransientStoreError as exc:
             if self.breaker.state is BreakerState.HALF_OPEN:
                 self.breaker.failure(self._clock.monotonic(), error=str(exc))
@@ -421,13 +422,3 @@ class DurableWriter:
         if self.breaker.state is BreakerState.HALF_OPEN:
             self.breaker.drained(self._clock.monotonic())
             self._publish_transitions()
-
-    async def _write_drained(self, lines: list[dict[str, Any]]) -> None:
-        try:
-            await self._store.write_tuples(*split_raw(lines))
-        except PermanentStoreError:
-            for line in lines:
-                try:
-                    await self._store.write_tuples(*split_raw([line]))
-                except PermanentStoreError as exc:
-                    self._reject(json.dumps(line, separators=(",", ":")), str(exc))

@@ -39,7 +39,8 @@ import math
 import ssl
 from collections.abc import Awaitable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn, TypeVar
+from pathlib import Path
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -95,6 +96,25 @@ MAX_PAGES: Final = 100  # 10,000 positions: a garbage answer cannot page forever
 CONIDS_PER_SNAPSHOT: Final = 50
 
 _T = TypeVar("_T")
+
+
+class PortalSettings(Protocol):
+    """The settings :meth:`PortalFeed.from_settings` reads (see :mod:`ibkr_bridge.config`)."""
+
+    @property
+    def gateway_url(self) -> str: ...
+
+    @property
+    def account(self) -> str | None: ...
+
+    @property
+    def gateway_ca(self) -> Path | None: ...
+
+    @property
+    def verify_tls(self) -> bool: ...
+
+    @property
+    def tickle_interval(self) -> float: ...
 
 
 class NeedsLoginError(GatewayError):
@@ -292,16 +312,15 @@ class PortalFeed:
         self._preflighted: set[int] = set()
 
     @classmethod
-    def from_settings(cls, settings: Any, clock: Clock | None = None) -> PortalFeed:
-        """Build from :class:`ibkr_bridge.config.Settings` (``gateway_url``, ``account``,
-        ``gateway_ca``, ``verify_tls``, ``tickle_interval``)."""
-        ca = getattr(settings, "gateway_ca", None)
+    def from_settings(cls, settings: PortalSettings, clock: Clock | None = None) -> PortalFeed:
+        """Build from :class:`ibkr_bridge.config.Settings` (``IBKR_GATEWAY_URL``,
+        ``IB_ACCOUNT``, ``IBKR_GATEWAY_CA``, ``IBKR_VERIFY_TLS``, ``IBKR_TICKLE_INTERVAL``)."""
         return cls(
-            gateway_url=str(settings.gateway_url),
-            account=getattr(settings, "account", None) or None,
-            ca_path=str(ca) if ca else None,
-            verify_tls=bool(getattr(settings, "verify_tls", True)),
-            tickle_interval=float(getattr(settings, "tickle_interval", 60.0)),
+            gateway_url=settings.gateway_url,
+            account=settings.account or None,
+            ca_path=str(settings.gateway_ca) if settings.gateway_ca is not None else None,
+            verify_tls=settings.verify_tls,
+            tickle_interval=settings.tickle_interval,
             clock=clock,
         )
 
@@ -312,7 +331,8 @@ class PortalFeed:
 
     @property
     def account(self) -> str | None:
-        return self._account
+        """The chosen account once connected; before that, the configured one (if any)."""
+        return self._account if self._account is not None else self._wanted_account
 
     @property
     def connected(self) -> bool:

@@ -96,7 +96,9 @@ class TokenBucket:
 #: Conservative client limits for the Client Portal gateway, by endpoint name (see
 #: :mod:`ibkr_bridge.portal_feed`). Gateway limits: 10/s overall, snapshot 10/s, tickle
 #: 1/s, /portfolio/accounts 1 per 5 s, /sso/validate 1/min.
-PORTAL_GLOBAL_LIMIT: Final = Limit(rate=5.0, burst=4.0)  # <= 9 in any 1 s
+# The burst covers a whole connect (auth status, ssodh/init, both account calls, positions,
+# the pre-flight snapshot) without waiting; polling needs well under 1 request/s.
+PORTAL_GLOBAL_LIMIT: Final = Limit(rate=3.0, burst=6.0)  # <= 9 in any 1 s
 PORTAL_LIMITS: Final[Mapping[str, Limit]] = MappingProxyType(
     {
         "snapshot": Limit(rate=4.0, burst=2.0),  # <= 6 in any 1 s

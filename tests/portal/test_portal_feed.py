@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import datetime
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 
+from ibkr_bridge import Bridge, ConnectionState
 from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.errors import AccountSelectionError, GatewayError
 from ibkr_bridge.portal_feed import NeedsLoginError, PortalFeed, api_root
 from ibkr_bridge.ratelimit import PORTAL_LIMITS, Limit, RateLimiter
@@ -37,6 +39,7 @@ from ibkr_bridge.sim.portfolio import (
     single_underlying_portfolio,
     years_between,
 )
+from ibkr_bridge.testing import TestDatabase, wait_until
 
 from .test_portal_sim import START, run_for, settle
 
@@ -378,20 +381,36 @@ async def test_account_selection(clock: FakeClock) -> None:
     assert rows[0].account == DEFAULT_ACCOUNT
 
 
-def test_from_settings_and_url() -> None:
-    settings = SimpleNamespace(
-        gateway_url="https://localhost:5001/",
-        account="",
-        gateway_ca="/etc/gw.pem",
-        verify_tls=True,
-        tickle_interval=45.0,
+def test_from_settings_reads_the_portal_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "gateway.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load_settings(
+        {
+            "IB_API_MODE": "PORTAL",
+            "IBKR_GATEWAY_URL": "https://localhost:5001/",
+            "IBKR_GATEWAY_CA": str(ca),
+            "IBKR_TICKLE_INTERVAL": "45",
+            "IB_ACCOUNT": "DU5",
+        },
+        use_dotenv=False,
     )
-    feed = PortalFeed.from_settings(settings, FakeClock())
+    clock = FakeClock()
+    feed = PortalFeed.from_settings(settings, clock)
     assert feed.gateway_url == "https://localhost:5001/v1/api"
-    assert feed.account is None
-    assert feed.ca_path == "/etc/gw.pem"
+    assert feed.account == "DU5"
+    assert feed.ca_path == str(ca)
+    assert feed.verify_tls is True
     assert feed.tickle_interval == 45.0
     assert feed.mode == "PORTAL"
+    unverified = PortalFeed.from_settings(
+        load_settings({"IBKR_VERIFY_TLS": "false"}, use_dotenv=False), clock
+    )
+    assert unverified.verify_tls is False
+    assert unverified.account is None
+    assert unverified.ca_path is None
+
+
+def test_api_root() -> None:
     assert api_root("https://127.0.0.1:5000/v1/api/") == "https://127.0.0.1:5000/v1/api"
     with pytest.raises(ValueError, match="https"):
         api_root("localhost:5000")
@@ -591,3 +610,72 @@ def test_portal_limits_stay_under_the_gateway_limits() -> None:
     limit = RateLimiter().global_limit
     assert limit is not None
     assert limit.max_in(1.0) < 10
+
+
+# -- with the Bridge ------------------------------------------------------------------------
+
+
+async def test_bridge_in_portal_mode_writes_rows_and_waits_for_a_human_login(
+    db: TestDatabase, tmp_path: Path, clock: FakeClock
+) -> None:
+    portfolio = single_underlying_portfolio(as_of=START)
+    async with PortalSimulator(portfolio, clock=clock) as sim:
+        assert sim.ca_path is not None
+        settings = load_settings(
+            {
+                "IB_API_MODE": "PORTAL",
+                "IBKR_GATEWAY_URL": sim.base_url,
+                "IBKR_GATEWAY_CA": sim.ca_path,
+                "IB_CONNECT_TIMEOUT": "5",
+                "IB_PROBE_INTERVAL": "15",
+                "IB_PROBE_TIMEOUT": "2",
+                "DATABASE_URL": db.dsn,
+                "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
+            },
+            use_dotenv=False,
+        )
+        async with Bridge(settings, clock=clock) as bridge:
+            feed = bridge._feed
+            assert isinstance(feed, PortalFeed)
+
+            def busy() -> int:
+                return feed.requests_in_flight + sim.busy
+
+            def state() -> ConnectionState:
+                return bridge.connection_state
+
+            await wait_until(lambda: state() is ConnectionState.LIVE)
+            await run_for(clock, 15.0, busy)
+            await bridge.sink.flush()
+            rows = await db.fetch("SELECT * FROM portfolio_greeks ORDER BY id")
+            assert len(rows) == 3
+            for row in rows:
+                want = expected_net(portfolio, DEFAULT_ACCOUNT, row["timestamp"])
+                assert row["api_mode"] == "PORTAL"
+                assert row["underlying_price"] == 600.0
+                for name, value in want.items():
+                    # Valued at the last poll, at most one poll period before the row.
+                    assert row[name] == pytest.approx(value, rel=1e-6), name
+
+            sim.nightly_logout(needs_human=True)
+            await run_for(clock, 15.0, busy)  # the next probe meets a 401
+            assert state() is ConnectionState.BACKOFF
+            before, refused = sim.count(), sim.count(AUTH_STATUS, status=401)
+            await run_for(clock, 600.0, busy)
+            # Back-off 5, 10, 20, then every 60 s: one auth-status request per attempt.
+            attempts = sim.count() - before
+            assert attempts == sim.count(AUTH_STATUS, status=401) - refused
+            assert 8 <= attempts <= 13
+            await bridge.sink.flush()
+            needs = await db.fetch("SELECT * FROM api_logs WHERE event = 'needs_login'")
+            assert len(needs) == 1
+            assert needs[0]["status"] == "error"
+            written = len(await db.fetch("SELECT * FROM portfolio_greeks"))
+
+            sim.human_login()
+            await run_for(clock, 75.0, busy)
+            assert state() is ConnectionState.LIVE
+            await bridge.sink.flush()
+            assert len(await db.fetch("SELECT * FROM portfolio_greeks")) > written
+            restored = await db.fetch("SELECT * FROM api_logs WHERE event = 'login_restored'")
+            assert len(restored) == 1

@@ -11,9 +11,10 @@ Files, all mode 0600 next to ``path`` (a missing parent directory is created 070
     the database has committed. Replaced atomically (temp file, fsync, rename, fsync dir).
 ``path.quarantine``
     Lines that could not be read back (torn JSON, bad UTF-8, unknown schema), one JSON object
-    per line: ``{"file_id", "offset", "error", "quarantined_at", "text" | "raw_b64"}``. ``text``
-    is the original line when it is valid UTF-8, else ``raw_b64`` holds its exact bytes, so
-    an operator can recover it. Nothing is ever dropped silently.
+    per line: ``{"file_id", "offset", "kind", "error", "quarantined_at", "text" | "raw_b64"}``
+    where ``kind`` is ``unreadable``, ``torn`` or ``headerless``. ``text`` is the original
+    line when it is valid UTF-8, else ``raw_b64`` holds its exact bytes, so an operator can
+    recover it. Nothing is ever dropped silently.
 ``path.lock``
     Held with an exclusive ``flock`` while the buffer is open (holds the owner's pid).
 
@@ -31,8 +32,9 @@ must be committed even when it holds no records (all its lines were quarantined)
 :meth:`JsonlBuffer.read_raw_batch` is the fast path for the drain, which COPYs tuples: it
 returns the parsed JSON objects (``{"v", "type", "key", "data"}``) without building attrs
 records, after a structural check (schema version, known type, non-empty key, ``data`` an
-object holding every field of its type, with an aware ISO timestamp). :meth:`JsonlBuffer.read_batch` runs the full record
-validation. A line that fails either check is quarantined and skipped.
+object holding every field of its type, with an aware ISO timestamp).
+:meth:`JsonlBuffer.read_batch` runs the full record validation. A line that fails either
+check is quarantined and skipped.
 
 Policies:
 
@@ -40,9 +42,11 @@ Policies:
   beyond ``max_bytes`` raises :class:`BufferFullError` and writes nothing; the caller logs it
   and keeps the records in memory or refuses new ones. A failed write or fsync is rolled back
   (truncated) so a batch is either wholly in the file or not at all.
-* Quarantine exactly once: a bad line is quarantined when a read reaches it, before its batch
-  can be committed. A replay after a crash finds it again; entries are deduplicated by
-  (file_id, offset, content digest), so each bad line appears in the quarantine once.
+* Quarantine exactly once: a bad line is quarantined (fsync'd) when a read reaches it, before
+  its batch can be committed. A replay after a crash finds it again; entries are
+  deduplicated by (file_id, offset, kind, content digest), so each bad line appears once.
+  (The one thing this cannot tell apart: the same bytes torn at the same offset by two
+  crashes in a row are recorded once; no byte is lost by that.)
 * Torn tail: a last line without its newline is the remnant of an append that never
   returned (so never acknowledged). :meth:`JsonlBuffer.open` moves it to quarantine and
   truncates the file to the last newline. Complete lines written before the tear are kept.
@@ -84,6 +88,7 @@ from ibkr_bridge.records import (
     Record,
     RecordFormatError,
     record_from_dict,
+    record_to_dict,
     record_to_json,
 )
 
@@ -93,7 +98,9 @@ HEADER_VERSION: Final = 1
 _CHUNK: Final = 1 << 18
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
-# The data fields each record type's line must carry (the drain indexes them directly).
+
+
+# The data fields of each record type's line as this version writes them.
 _FIELDS: Final[dict[Any, frozenset[str]]] = {
     cls.type: frozenset(a.name for a in attrs.fields(cls) if a.name != "key")
     for cls in (GreeksRow, ApiEvent)
@@ -167,6 +174,7 @@ class BufferStats:
 class _Bad:
     offset: int
     raw: bytes
+    kind: str  # "unreadable", "torn" or "headerless": part of the dedupe key
     error: str
 
 
@@ -251,7 +259,10 @@ def parse_line(line: bytes) -> Record:
 
 
 def parse_raw_line(line: bytes) -> dict[str, Any]:
-    """The structural check of the fast path; raises ValueError (RecordFormatError)."""
+    """The fast path's check: structure and timestamp, not every value's type.
+
+    Raises ValueError (RecordFormatError).
+    """
     obj = _loads_object(line)
     if obj.get("v") != SCHEMA_VERSION:
         raise RecordFormatError(f"unknown record schema version {obj.get('v')!r}")
@@ -264,9 +275,11 @@ def parse_raw_line(line: bytes) -> dict[str, Any]:
     data = obj.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("timestamp"), str):
         raise RecordFormatError("record data must be an object with a timestamp")
-    if not fields <= data.keys():
-        raise RecordFormatError(f"record data lacks {sorted(fields - data.keys())}")
     _aware_timestamp(data)
+    if data.keys() != fields:
+        # Another version's line (a field added or dropped since): the full path validates
+        # it and fills defaults, so the drain sees exactly what read_batch would.
+        return record_to_dict(record_from_dict(obj))
     return obj
 
 
@@ -277,7 +290,7 @@ class _Quarantine:
         self.path = path
         self._fsync = fsync
         self._file_id: str | None = None
-        self._seen: set[tuple[int, bytes]] = set()
+        self._seen: set[tuple[int, str, bytes]] = set()
 
     def load(self, file_id: str | None) -> None:
         """Index the entries already quarantined for ``file_id``."""
@@ -298,7 +311,7 @@ class _Quarantine:
                         if "text" in entry
                         else base64.b64decode(entry["raw_b64"], validate=True)
                     )
-                    self._seen.add((int(entry["offset"]), _digest(raw)))
+                    self._seen.add((int(entry["offset"]), entry["kind"], _digest(raw)))
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # a torn or foreign entry: nothing to dedupe against
         finally:
@@ -311,16 +324,17 @@ class _Quarantine:
     def add(self, bad: Iterable[_Bad]) -> int:
         """Append the entries not yet present (fsync'd); returns how many were written."""
         out: list[bytes] = []
-        keys: set[tuple[int, bytes]] = set()
+        keys: set[tuple[int, str, bytes]] = set()
         now = datetime.now(UTC).isoformat()
         for item in bad:
-            seen_key = (item.offset, _digest(item.raw))
+            seen_key = (item.offset, item.kind, _digest(item.raw))
             if seen_key in self._seen or seen_key in keys:
                 continue
             keys.add(seen_key)
             entry: dict[str, Any] = {
                 "file_id": self._file_id,
                 "offset": item.offset,
+                "kind": item.kind,
                 "error": item.error,
                 "quarantined_at": now,
             }
@@ -661,7 +675,7 @@ class JsonlBuffer:
         pending: list[_Bad] = []
         lines = 0
         for offset, line, _ in _iter_lines(self._fd, 0, self._size):
-            pending.append(_Bad(offset, line, "data file has no ibkr-bridge header"))
+            pending.append(_Bad(offset, line, "headerless", "data file has no ibkr-bridge header"))
             lines += 1
             if len(pending) >= _QUARANTINE_FLUSH:
                 self._quarantine.add(pending)
@@ -678,7 +692,9 @@ class JsonlBuffer:
             return
         cut = _rfind_newline(self._fd, self._header_end - 1, self._size) + 1
         fragment = os.pread(self._fd, self._size - cut, cut)
-        self._quarantine.add([_Bad(cut, fragment, "torn last line (crash during an append)")])
+        self._quarantine.add(
+            [_Bad(cut, fragment, "torn", "last line torn by a crash during an append")]
+        )
         os.ftruncate(self._fd, cut)
         if self._fsync:
             os.fsync(self._fd)
@@ -795,7 +811,7 @@ class JsonlBuffer:
                 try:
                     items.append(parse(line))
                 except Exception as exc:  # any failure to parse a line is that line's fault
-                    bad.append(_Bad(offset, line, f"{type(exc).__name__}: {exc}"))
+                    bad.append(_Bad(offset, line, "unreadable", f"{type(exc).__name__}: {exc}"))
                 end = offset + size
                 if len(items) + len(bad) >= max_lines:
                     break

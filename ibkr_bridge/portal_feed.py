@@ -309,7 +309,6 @@ class PortalFeed:
         self._positions: dict[int, PortalPosition] | None = None
         self._positions_at = -math.inf
         self._market: dict[int, _Market] = {}
-        self._preflighted: set[int] = set()
 
     @classmethod
     def from_settings(cls, settings: PortalSettings, clock: Clock | None = None) -> PortalFeed:
@@ -403,7 +402,6 @@ class PortalFeed:
 
     async def resubscribe(self) -> None:
         self._market.clear()
-        self._preflighted.clear()
         await self._poll_snapshots()
 
     def snapshot(self, now: datetime) -> list[GreeksRow] | None:
@@ -965,8 +963,7 @@ class PortalFeed:
             }
             updated_ms = _as_int(item.get("_updated"))
             if not fields and updated_ms is None:
-                self._preflighted.add(conid)  # the pre-flight answer: subscribed, no data
-                continue
+                continue  # the pre-flight answer: subscribed, no data yet
             updated = received
             if updated_ms is not None:
                 with contextlib.suppress(OverflowError, OSError, ValueError):

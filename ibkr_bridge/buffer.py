@@ -253,12 +253,12 @@ def _loads_object(line: bytes) -> dict[str, Any]:
     return obj
 
 
-def parse_line(line: bytes) -> Record:
+def _parse_line(line: bytes) -> Record:
     """One buffer line as a record (full validation); raises ValueError (RecordFormatError)."""
     return record_from_dict(_loads_object(line))
 
 
-def parse_raw_line(line: bytes) -> dict[str, Any]:
+def _parse_raw_line(line: bytes) -> dict[str, Any]:
     """The fast path's check: structure and timestamp, not every value's type.
 
     Raises ValueError (RecordFormatError).
@@ -324,6 +324,7 @@ class _Quarantine:
     def add(self, bad: Iterable[_Bad]) -> int:
         """Append the entries not yet present (fsync'd); returns how many were written."""
         out: list[bytes] = []
+        new: list[_Bad] = []
         keys: set[tuple[int, str, bytes]] = set()
         now = datetime.now(UTC).isoformat()
         for item in bad:
@@ -331,6 +332,7 @@ class _Quarantine:
             if seen_key in self._seen or seen_key in keys:
                 continue
             keys.add(seen_key)
+            new.append(item)
             entry: dict[str, Any] = {
                 "file_id": self._file_id,
                 "offset": item.offset,
@@ -343,11 +345,16 @@ class _Quarantine:
             except UnicodeDecodeError:
                 entry["raw_b64"] = base64.b64encode(item.raw).decode("ascii")
             out.append(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-            log.warning(
-                "quarantining unreadable buffer line at offset %d: %s", item.offset, item.error
-            )
         if not out:
             return 0
+        log.warning(
+            "quarantining %d buffer line(s) in %s (first: %s at offset %d: %s)",
+            len(new),
+            self.path,
+            new[0].kind,
+            new[0].offset,
+            new[0].error,
+        )
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
         try:
             # After a torn entry (crash or failed write) the next one starts on its own line;
@@ -484,13 +491,11 @@ class JsonlBuffer:
         ``max_bytes`` bounds the bytes consumed, except that one line is always taken.
         Reading does not move the cursor: call :meth:`commit` once the database has them.
         """
-        items, start, end, bad = self._scan(max_records, max_bytes, parse_line)
-        return Batch(items, start, end, bad, self._file_id)
+        return Batch(*self._scan(max_records, max_bytes, _parse_line))
 
     def read_raw_batch(self, max_records: int, max_bytes: int | None = None) -> RawBatch:
         """Like :meth:`read_batch`, returning parsed JSON objects (the drain's fast path)."""
-        items, start, end, bad = self._scan(max_records, max_bytes, parse_raw_line)
-        return RawBatch(items, start, end, bad, self._file_id)
+        return RawBatch(*self._scan(max_records, max_bytes, _parse_raw_line))
 
     def commit(self, batch: Batch | RawBatch) -> None:
         """Mark the batch as committed to the database: advance the cursor durably.
@@ -792,7 +797,8 @@ class JsonlBuffer:
 
     def _scan(
         self, max_lines: int, max_bytes: int | None, parse: Callable[[bytes], T]
-    ) -> tuple[list[T], int, int, int]:
+    ) -> tuple[list[T], int, int, int, str | None]:
+        """(items, start, end, quarantined, file_id) of the lines read from the cursor."""
         if max_lines <= 0:
             raise ValueError(f"max_records must be positive, got {max_lines}")
         with self._mutex:
@@ -801,7 +807,7 @@ class JsonlBuffer:
             items: list[T] = []
             bad: list[_Bad] = []
             if self._fd is None:
-                return items, start, end, 0
+                return items, start, end, 0, None
             for offset, line, complete in _iter_lines(self._fd, start, self._size):
                 size = len(line) + 1
                 if not complete or (
@@ -817,7 +823,7 @@ class JsonlBuffer:
                     break
             # Durable before the caller can commit past these lines.
             self._quarantine.add(bad)
-            return items, start, end, len(bad)
+            return items, start, end, len(bad), self._file_id
 
 
 def _line_timestamp(line: bytes) -> datetime | None:

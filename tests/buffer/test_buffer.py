@@ -607,7 +607,9 @@ def test_closed_buffer_refuses_work(path: Path) -> None:
 
 def test_size_cap_refuses_whole_batch_and_keeps_the_file(path: Path) -> None:
     one = len(line_of(greeks(1)))
-    header = len(JsonlBuffer._header_line("0" * 32))
+    with JsonlBuffer(path.with_name("probe.jsonl")) as probe:
+        probe.append([greeks(0)])
+        header = probe.stats().file_bytes - one
     with JsonlBuffer(path, max_bytes=header + 3 * one) as buf:
         buf.append([greeks(1), greeks(2)])
         before = path.read_bytes()

@@ -2,7 +2,7 @@
 
 The shared :mod:`~ibkr_bridge.sim.portfolio` model holds positions and prices; the
 TWS socket simulator (:mod:`~ibkr_bridge.sim.tws`) serves it over the real TWS API wire
-protocol.
+protocol, the Client Portal simulator (:mod:`~ibkr_bridge.sim.portal`) over HTTPS.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from ibkr_bridge.sim.faults import (
     parse_fault_script,
     run_fault_script,
 )
+from ibkr_bridge.sim.portal import PortalSimulator, parse_portal_fault_script, serve_portal
 from ibkr_bridge.sim.portfolio import (
     Instrument,
     OptionGreeks,
@@ -34,6 +35,7 @@ __all__ = [
     "FaultStep",
     "Instrument",
     "OptionGreeks",
+    "PortalSimulator",
     "Portfolio",
     "PortfolioSnapshot",
     "Position",
@@ -45,7 +47,9 @@ __all__ = [
     "load_fault_script",
     "load_portfolio",
     "parse_fault_script",
+    "parse_portal_fault_script",
     "portfolio_from_dict",
     "run_fault_script",
+    "serve_portal",
     "single_underlying_portfolio",
 ]

@@ -2,8 +2,12 @@
 
     python -m ibkr_bridge.sim socket --port 4001 --portfolio examples/portfolio.json \\
         --faults script.json --seed 1
+    python -m ibkr_bridge.sim portal --port 5001 --cert-dir ~/.ibkr-sim-cert
 
-Subcommands name the API simulated (``socket`` is the TWS API / IB Gateway).
+Subcommands name the API simulated (``socket`` is the TWS API / IB Gateway, ``portal`` the
+Client Portal Web API gateway over HTTPS). Each prints one ``listening ...`` line on stdout
+once it accepts connections (the port, and for ``portal`` the URL and the certificate to
+trust with ``IBKR_GATEWAY_CA``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,56 @@ def _parser() -> argparse.ArgumentParser:
     socket.add_argument(
         "--tick-interval", type=float, default=1.0, help="seconds between ticks (1.0)"
     )
+    portal = commands.add_parser("portal", help="Client Portal Web API gateway over HTTPS")
+    portal.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    portal.add_argument("--port", type=int, default=5001, help="port (5001; 0 picks a free one)")
+    portal.add_argument("--portfolio", help="portfolio JSON/TOML file (default: built-in demo)")
+    portal.add_argument("--faults", help="fault script JSON file")
+    portal.add_argument("--seed", type=int, default=None, help="random-walk seed")
+    portal.add_argument("--cert-dir", help="keep the self-signed certificate here across restarts")
+    portal.add_argument("--no-tls", action="store_true", help="plain HTTP (tests only)")
+    portal.add_argument(
+        "--nightly-reset", help="HH:MM New York time at which the session ends each night"
+    )
+    portal.add_argument(
+        "--nightly-needs-human",
+        action="store_true",
+        help="after the nightly reset only a human login (2FA) restores the session",
+    )
     return parser
+
+
+async def _run_portal(args: argparse.Namespace, portfolio: Portfolio) -> None:
+    from datetime import time
+
+    from ibkr_bridge.sim.portal import PortalSimulator, load_portal_fault_script, serve_portal
+
+    faults = load_portal_fault_script(args.faults) if args.faults else ()
+    nightly = None
+    if args.nightly_reset:
+        hour, _, minute = args.nightly_reset.partition(":")
+        nightly = time(int(hour), int(minute or 0))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def ready(sim: PortalSimulator) -> None:
+        print(f"listening {sim.url} ca {sim.ca_path}", flush=True)
+
+    await serve_portal(
+        portfolio,
+        host=args.host,
+        port=args.port,
+        tls=not args.no_tls,
+        cert_dir=args.cert_dir,
+        faults=faults,
+        nightly_reset=nightly,
+        nightly_needs_human=args.nightly_needs_human,
+        on_ready=ready,
+        stop=stop,
+    )
 
 
 async def _run_socket(args: argparse.Namespace, portfolio: Portfolio) -> None:
@@ -58,6 +111,7 @@ async def _run_socket(args: argparse.Namespace, portfolio: Portfolio) -> None:
         log.info(
             "IB Gateway simulator on %s:%d, accounts %s", args.host, sim.port, portfolio.accounts
         )
+        print(f"listening {args.host}:{sim.port}", flush=True)
         await stop.wait()
 
 
@@ -74,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.command == "socket":
             asyncio.run(_run_socket(args, portfolio))
+        else:
+            asyncio.run(_run_portal(args, portfolio))
     except (OSError, ValueError, FaultScriptError) as exc:
         log.error("%s", exc)
         return 1

@@ -69,7 +69,7 @@ async def demo(mode: str, seconds: float, interval: float) -> int:
         else:
             from ibkr_bridge.sim.portal import PortalSimulator
 
-            portal = await stack.enter_async_context(PortalSimulator(portfolio))
+            portal = await stack.enter_async_context(PortalSimulator(portfolio, walk_interval=1.0))
             env |= {"IBKR_GATEWAY_URL": portal.url, "IBKR_GATEWAY_CA": str(portal.ca_path)}
             print(f"Client Portal simulator listening on {portal.url}")
         settings = load_settings(env, use_dotenv=False)

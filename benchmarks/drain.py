@@ -4,10 +4,11 @@
     python benchmarks/drain.py --rows 100000   # quicker
 
 Each round: fill a fresh buffer file with N Greeks rows, then time draining it into
-``portfolio_greeks`` (read + decode + COPY into a temp table + INSERT ... ON CONFLICT +
-cursor commit), and time asyncpg's ``copy_records_to_table`` of the same rows (already
-in memory as tuples, in batches of the same size) into the same indexed table. Prints
-per-round figures, medians, the ratio drain/raw and the peak RSS growth during the drain.
+``portfolio_greeks`` with the service's own ``drain_buffer`` (read + decode + COPY into a
+temp table + INSERT ... ON CONFLICT + fsync'd cursor commit), and time asyncpg's
+``copy_records_to_table`` of the same rows (already in memory as tuples, in batches of the
+same size) into the same indexed table. Prints per-round figures, medians, the ratio
+drain/raw and the peak RSS growth during the drain.
 Target: ratio >= 0.5, RSS growth <= 64 MB.
 
 Uses ``DATABASE_URL`` or the test server (127.0.0.1:5432), else an embedded PostgreSQL;
@@ -29,8 +30,9 @@ from pathlib import Path
 import asyncpg
 
 from ibkr_bridge.buffer import JsonlBuffer
+from ibkr_bridge.drain import drain_buffer
 from ibkr_bridge.records import GreeksRow
-from ibkr_bridge.store import GREEKS_COPY_COLUMNS, Store, greeks_tuple, split_raw
+from ibkr_bridge.store import GREEKS_COPY_COLUMNS, Store, greeks_tuple
 from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postgres
 
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
@@ -77,19 +79,11 @@ async def one_round(
         rss_before = rss_mb()
         t = time.perf_counter()
         with JsonlBuffer(path) as buffer:
-            while True:
-                raw = buffer.read_raw_batch(batch)
-                if not raw.lines:
-                    buffer.commit(raw)
-                    if buffer.is_empty:
-                        break
-                    continue
-                await store.write_tuples(*split_raw(raw.lines))
-                buffer.commit(raw)
+            progress = await drain_buffer(buffer, store, batch_size=batch)
         drain_s = time.perf_counter() - t
         rss_growth = rss_mb() - rss_before
         n = await conn.fetchval("SELECT count(*) FROM portfolio_greeks")
-        if n != rows:
+        if n != rows or progress.drained != rows:
             raise SystemExit(f"drain wrote {n} rows, expected {rows}")
 
         await truncate(conn)

@@ -485,17 +485,32 @@ class JsonlBuffer:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read_batch(self, max_records: int, max_bytes: int | None = None) -> Batch:
+    def read_batch(
+        self,
+        max_records: int,
+        max_bytes: int | None = None,
+        *,
+        after: Batch | RawBatch | None = None,
+    ) -> Batch:
         """Up to ``max_records`` lines from the cursor, as records (full validation).
 
         ``max_bytes`` bounds the bytes consumed, except that one line is always taken.
         Reading does not move the cursor: call :meth:`commit` once the database has them.
+        ``after`` reads the lines that follow a batch not committed yet (a drain reads
+        ahead while the previous batch is being written); if that batch's file is gone or
+        the cursor has passed it, reading starts at the cursor as usual.
         """
-        return Batch(*self._scan(max_records, max_bytes, _parse_line))
+        return Batch(*self._scan(max_records, max_bytes, _parse_line, after))
 
-    def read_raw_batch(self, max_records: int, max_bytes: int | None = None) -> RawBatch:
+    def read_raw_batch(
+        self,
+        max_records: int,
+        max_bytes: int | None = None,
+        *,
+        after: Batch | RawBatch | None = None,
+    ) -> RawBatch:
         """Like :meth:`read_batch`, returning parsed JSON objects (the drain's fast path)."""
-        return RawBatch(*self._scan(max_records, max_bytes, _parse_raw_line))
+        return RawBatch(*self._scan(max_records, max_bytes, _parse_raw_line, after))
 
     def commit(self, batch: Batch | RawBatch) -> None:
         """Mark the batch as committed to the database: advance the cursor durably.
@@ -796,7 +811,11 @@ class JsonlBuffer:
         self._quarantine.reset(None)
 
     def _scan(
-        self, max_lines: int, max_bytes: int | None, parse: Callable[[bytes], T]
+        self,
+        max_lines: int,
+        max_bytes: int | None,
+        parse: Callable[[bytes], T],
+        after: Batch | RawBatch | None = None,
     ) -> tuple[list[T], int, int, int, str | None]:
         """(items, start, end, quarantined, file_id) of the lines read from the cursor."""
         if max_lines <= 0:
@@ -804,6 +823,13 @@ class JsonlBuffer:
         with self._mutex:
             self._check_open()
             start = end = self._cursor
+            if (
+                after is not None
+                and after.file_id is not None
+                and after.file_id == self._file_id
+                and self._cursor <= after.end <= self._size
+            ):
+                start = end = after.end
             items: list[T] = []
             bad: list[_Bad] = []
             if self._fd is None:

@@ -11,6 +11,8 @@ committed so far kept.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -46,19 +48,36 @@ async def drain_buffer(
 ) -> DrainProgress:
     """Drain until the buffer is empty; ``on_batch(progress, quarantined_in_batch)``."""
     drained = rejected = quarantined = batches = 0
-    while True:
-        batch = buffer.read_raw_batch(batch_size)
-        quarantined += batch.quarantined
-        if batch.lines:
-            rejected += await _write(store, batch.lines, reject)
-            drained += len(batch.lines)
-        buffer.commit(batch)
-        batches += 1
-        progress = DrainProgress(drained, rejected, quarantined, batches, buffer.pending_bytes)
-        if on_batch is not None:
-            on_batch(progress, batch.quarantined)
-        if not batch.lines and buffer.is_empty:
-            return progress
+    # Read ahead: decoding the next batch (in a thread) overlaps the database writing the
+    # current one, which roughly halves the time a large drain takes.
+    reading = asyncio.create_task(asyncio.to_thread(buffer.read_raw_batch, batch_size))
+    try:
+        while True:
+            batch = await reading
+            if batch.end > batch.start:
+                reading = asyncio.create_task(
+                    asyncio.to_thread(buffer.read_raw_batch, batch_size, after=batch)
+                )
+            quarantined += batch.quarantined
+            if batch.lines:
+                rejected += await _write(store, batch.lines, reject)
+                drained += len(batch.lines)
+            buffer.commit(batch)
+            batches += 1
+            progress = DrainProgress(drained, rejected, quarantined, batches, buffer.pending_bytes)
+            if on_batch is not None:
+                on_batch(progress, batch.quarantined)
+            if batch.end == batch.start:
+                # Nothing was left when that read ran. Appends happen on this thread, so
+                # checking now and returning are one step: nothing can slip in between.
+                if buffer.is_empty:
+                    return progress
+                reading = asyncio.create_task(asyncio.to_thread(buffer.read_raw_batch, batch_size))
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
 
 
 async def _write(store: Store, lines: list[dict[str, Any]], reject: Reject | None) -> int:

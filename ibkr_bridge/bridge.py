@@ -30,6 +30,7 @@ from .clock import Clock, SystemClock
 from .config import ApiMode, Settings, load_settings
 from .errors import LifecycleError, SchemaError, StoreError
 from .feed import Feed
+from .health import HealthServer
 from .machines.base import Transition
 from .machines.breaker import BreakerState
 from .machines.connection import ConnectionMachine, ConnectionState
@@ -134,6 +135,7 @@ class Bridge:
         self._skip_reason: str | None = None
         self._ever_live = False
         self._final_pending = 0
+        self._health: HealthServer | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Bridge:
@@ -202,6 +204,16 @@ class Bridge:
             raise LifecycleError("a Bridge can be started once; create a new one")
         self._started = True
         await self._open_storage()
+        if self.settings.http_port is not None:
+            # Constructed before the lifecycle starts so it counts the first transitions.
+            self._health = HealthServer(
+                self, host=self.settings.http_host, port=self.settings.http_port, clock=self._clock
+            )
+            try:
+                await self._health.start()
+            except OSError:
+                await self.stop()
+                raise
         self._run_task = asyncio.create_task(self._lifecycle(), name="ibkr-bridge-lifecycle")
 
     async def run(self) -> None:
@@ -239,6 +251,8 @@ class Bridge:
             self._buffer.close()
         if self._store is not None:
             await self._store.close()
+        if self._health is not None:
+            await self._health.stop()
 
     async def _open_storage(self) -> None:
         s = self.settings

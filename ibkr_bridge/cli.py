@@ -1,0 +1,516 @@
+"""The ``ibkr-bridge`` command line (also ``python -m ibkr_bridge``).
+
+Commands:
+
+``run`` (the default)
+    The service: loads the configuration (``.env`` and the environment), makes sure the two
+    tables exist, and runs the Bridge until SIGINT or SIGTERM, then stops cleanly.
+``check``
+    A doctor (:mod:`ibkr_bridge.doctor`): configuration, database and schema, gateway
+    (without taking a client id), buffer. A table, or ``--json``.
+``schema``
+    Prints the DDL of the bridge's tables; ``--apply`` creates them (never alters them).
+``buffer status`` / ``buffer drain``
+    What the crash-safe buffer holds; drain it into the database now.
+``sim socket|portal``
+    Runs an IBKR simulator (the arguments after the simulator's name are
+    ``python -m ibkr_bridge.sim``'s).
+
+Exit codes (:data:`EXIT_OK` ...): 0 ok; 1 a check failed or a runtime failure; 2 bad
+configuration or usage (argparse's own 2); 3 the bridge's tables exist in a shape it cannot
+write to; 4 the buffer is locked by another running bridge.
+
+Heavy modules are imported by the command that needs them, so ``--help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+from .buffer import BufferFormatError, BufferLockedError, JsonlBuffer
+from .config import ConfigError, LogFormat, Settings, load_settings
+from .errors import SchemaError, StoreError
+from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .drain import DrainProgress
+    from .store import Store
+
+log = logging.getLogger("ibkr_bridge")
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_SCHEMA: Final = 3
+EXIT_LOCKED: Final = 4
+
+EXIT_CODES_HELP: Final = """\
+exit codes:
+  0  ok
+  1  a check failed, or a runtime failure
+  2  bad configuration or usage
+  3  the bridge's tables exist in a shape it cannot write to
+  4  the buffer is locked by another running bridge"""
+
+PROG: Final = "ibkr-bridge"
+
+
+# --- shared helpers --------------------------------------------------------------------
+
+
+def _environ(args: argparse.Namespace) -> dict[str, str]:
+    environ = dict(os.environ)
+    if getattr(args, "mode", None):
+        environ["IB_API_MODE"] = args.mode
+    return environ
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(_environ(args), dotenv_path=args.env_file)
+
+
+def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
+    """The settings, or EXIT_CONFIG after printing every problem."""
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    # Tools report on stdout; the library's warnings (buffer repairs, ...) go to stderr.
+    configure_logging(LogFormat.TEXT, "WARNING")
+    return settings
+
+
+async def _open_store(settings: Settings) -> Store:
+    from .store import Store
+
+    return await Store.open(
+        **settings.database.connect_kwargs(),
+        connect_timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+    )
+
+
+# --- run -------------------------------------------------------------------------------
+
+
+async def serve(settings: Settings) -> int:
+    """Run the bridge until a signal asks it to stop."""
+    from .bridge import Bridge
+
+    bridge = Bridge(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await bridge.start()
+    log.info("ibkr-bridge running in %s mode; stop with Ctrl-C or SIGTERM", settings.api_mode)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await bridge.stop()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level)
+    for key in settings.unknown_keys:
+        log.warning("unknown setting %s ignored (a typo?)", key)
+    try:
+        return asyncio.run(serve(settings))
+    except SchemaError as exc:
+        log.error("%s", exc)
+        return EXIT_SCHEMA
+    except BufferLockedError as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+
+
+# --- check -----------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .doctor import render_table, run_checks
+
+    report = asyncio.run(run_checks(_environ(args), args.env_file))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        print(render_table(report))
+    return report.exit_code
+
+
+# --- schema ----------------------------------------------------------------------------
+
+
+async def _apply_schema(settings: Settings) -> int:
+    import asyncpg
+
+    from .schema import DDL, EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema, ensure_bridge_schema
+
+    where = settings.database.redacted()
+    try:
+        conn = await asyncio.wait_for(
+            asyncpg.connect(
+                **settings.database.connect_kwargs(),
+                timeout=settings.db_connect_timeout,
+                command_timeout=settings.db_command_timeout,
+            ),
+            settings.db_connect_timeout + 1.0,
+        )
+    except Exception as exc:  # any reason the connection failed is worth showing as is
+        print(f"{PROG}: cannot connect to {where}: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        before = await check_bridge_schema(conn)
+        await ensure_bridge_schema(conn)
+    except SchemaError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA
+    except Exception as exc:  # e.g. no CREATE privilege: the server's words say it best
+        print(f"{PROG}: {where}: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=settings.db_command_timeout)
+    created = sorted(t for t, problems in before.items() if problems == ["table is missing"])
+    kept = sorted({GREEKS_TABLE, EVENTS_TABLE} - set(created))
+    print(f"{where}: applied the bridge's DDL ({len(DDL.splitlines())} lines)")
+    if created:
+        print(f"created: {', '.join(created)}")
+    if kept:
+        print(f"already present, unchanged: {', '.join(kept)}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import DDL
+
+    if not args.apply:
+        print(DDL)
+        return EXIT_OK
+    settings = _settings_or_exit(args)
+    if isinstance(settings, int):
+        return settings
+    return asyncio.run(_apply_schema(settings))
+
+
+# --- buffer ----------------------------------------------------------------------------
+
+
+def cmd_buffer_status(args: argparse.Namespace) -> int:
+    from .doctor import inspect_buffer, render_buffer_status
+
+    settings = _settings_or_exit(args)
+    if isinstance(settings, int):
+        return settings
+    found = inspect_buffer(settings.buffer_path)
+    if args.json:
+        print(json.dumps(found.to_json(), indent=2))
+    else:
+        print(render_buffer_status(found))
+    return EXIT_FAILURE if found.error else EXIT_OK
+
+
+class _DrainOutput:
+    """A progress bar on a terminal, one plain line per batch elsewhere."""
+
+    BAR: Final = 30
+
+    def __init__(self, out: TextIO, total_bytes: int, total_records: int) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.total_bytes = max(total_bytes, 1)
+        self.total_records = total_records
+        self.drained = 0
+        self._bar_shown = False
+
+    def __call__(self, progress: DrainProgress, quarantined_in_batch: int) -> None:
+        self.drained = progress.drained
+        if self.tty:
+            done = 1.0 - progress.pending_bytes / self.total_bytes
+            filled = round(done * self.BAR)
+            self.out.write(
+                f"\r[{'#' * filled}{'-' * (self.BAR - filled)}] {done:4.0%}  "
+                f"{progress.drained}/{self.total_records} records"
+            )
+            self._bar_shown = True
+        else:
+            self.out.write(
+                f"batch {progress.batches}: {progress.drained} records drained, "
+                f"{progress.rejected} rejected, {progress.quarantined} quarantined, "
+                f"{progress.pending_bytes} bytes left\n"
+            )
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self._bar_shown:
+            self.out.write("\n")
+            self.out.flush()
+            self._bar_shown = False
+
+
+class _Rejects:
+    """Records PostgreSQL refused as data, kept in ``<buffer>.rejected`` for a human.
+
+    The same file and line format as the service's writer (:mod:`ibkr_bridge.sink`).
+    """
+
+    def __init__(self, buffer_path: Path) -> None:
+        self.path = Path(str(buffer_path) + ".rejected")
+
+    def __call__(self, line: str, error: str) -> None:
+        entry = json.dumps({"error": error, "record": line}, separators=(",", ":"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, entry.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+async def _drain(settings: Settings, buffer: JsonlBuffer) -> int:
+    from .drain import drain_buffer
+
+    where = settings.database.redacted()
+    store = await _open_store(settings)
+    try:
+        try:
+            await store.ensure_schema()
+        except (SchemaError, StoreError) as exc:
+            # Store wraps everything in a StoreError; the shape problem is its cause.
+            shape = exc if isinstance(exc, SchemaError) else exc.__cause__
+            if isinstance(shape, SchemaError):
+                print(f"{PROG}: {shape}", file=sys.stderr)
+                return EXIT_SCHEMA
+            print(f"{PROG}: {where}: {exc}; nothing drained", file=sys.stderr)
+            return EXIT_FAILURE
+        pending = buffer.count_pending()
+        if not pending:
+            print(f"{buffer.path}: nothing to drain")
+            return EXIT_OK
+        rejects = _Rejects(buffer.path)
+        output = _DrainOutput(sys.stdout, buffer.pending_bytes, pending)
+        try:
+            result = await drain_buffer(
+                buffer,
+                store,
+                batch_size=settings.batch_size,
+                reject=rejects,
+                on_batch=output,
+            )
+        except StoreError as exc:
+            output.finish()
+            print(
+                f"{PROG}: {where}: {exc}; stopped after {output.drained} records, "
+                "the rest stays in the buffer",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        output.finish()
+    finally:
+        await store.close()
+    written = result.drained - result.rejected
+    print(f"drained {written} records into {where}")
+    if result.rejected:
+        print(f"{result.rejected} records refused by PostgreSQL, kept in {rejects.path}")
+    if result.quarantined:
+        print(f"{result.quarantined} unreadable lines moved to {buffer.quarantine_path}")
+    return EXIT_OK
+
+
+def cmd_buffer_drain(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit(args)
+    if isinstance(settings, int):
+        return settings
+    buffer = JsonlBuffer(settings.buffer_path, max_bytes=settings.buffer_max_bytes)
+    try:
+        buffer.open()
+    except BufferLockedError as exc:
+        print(f"{PROG}: refusing to drain: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (BufferFormatError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        return asyncio.run(_drain(settings, buffer))
+    finally:
+        buffer.close()
+
+
+# --- sim -------------------------------------------------------------------------------
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from .sim.__main__ import main as sim_main
+
+    return sim_main([args.simulator, *args.sim_args])
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each line of a description; lines starting with a blank are kept as typed."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            if not line or line.startswith(" "):
+                lines.append(indent + line)
+            else:
+                lines.append(
+                    textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                )
+        return "\n".join(lines)
+
+
+def _describe(exc: BaseException) -> str:
+    from .logs import redact_secrets
+
+    text = str(exc)
+    return redact_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _config_options(parser: argparse.ArgumentParser, *, mode: bool, top: bool = False) -> None:
+    # On subcommands the defaults are suppressed, so "ibkr-bridge --env-file x check" keeps x.
+    default_env = ".env" if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--env-file",
+        default=default_env,
+        metavar="PATH",
+        help="dotenv file to read (default .env; the environment wins over it)",
+    )
+    if mode:
+        parser.add_argument(
+            "--mode",
+            choices=["SOCKET", "PORTAL"],
+            default=None if top else argparse.SUPPRESS,
+            help="override IB_API_MODE",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = _Formatter
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Feed PostgreSQL with an Interactive Brokers portfolio's net Greeks. "
+        "Without a command, runs the service (like `run`).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _config_options(parser, mode=True, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=formatter,
+        )
+
+    run = command(
+        "run",
+        "run the service (the default)",
+        "Run the bridge until SIGINT or SIGTERM: configuration from .env and the "
+        "environment; the tables are created if absent.",
+    )
+    _config_options(run, mode=True)
+    run.set_defaults(func=cmd_run)
+
+    check = command(
+        "check",
+        "check configuration, database, gateway and buffer",
+        "Validate the configuration, reach the database (and check the tables' shape), "
+        "reach the gateway without taking a client id (SOCKET: version handshake only; "
+        "PORTAL: GET /iserver/auth/status) and inspect the buffer. Changes nothing.",
+    )
+    _config_options(check, mode=True)
+    check.add_argument("--json", action="store_true", help="print a JSON object, not a table")
+    check.set_defaults(func=cmd_check)
+
+    schema = command(
+        "schema",
+        "print (or --apply) the tables' DDL",
+        "Print the DDL of portfolio_greeks and api_logs. With --apply, create whatever is "
+        "absent in the configured database; existing tables are never altered (a shape the "
+        "bridge cannot write to is reported with statements to fix it, exit code 3).",
+    )
+    _config_options(schema, mode=False)
+    schema.add_argument("--apply", action="store_true", help="create the tables now")
+    schema.set_defaults(func=cmd_schema)
+
+    buffer = command(
+        "buffer",
+        "inspect or drain the crash-safe buffer",
+        "The JSONL buffer (BRIDGE_BUFFER_PATH) holds rows while the database is unreachable.",
+    )
+    buffer_sub = buffer.add_subparsers(dest="buffer_command", metavar="ACTION", required=True)
+    status = buffer_sub.add_parser(
+        "status",
+        help="pending records, oldest/newest, size, quarantined lines",
+        description="Show what the buffer holds, read-only (works while a bridge runs).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    _config_options(status, mode=False)
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    status.set_defaults(func=cmd_buffer_status)
+    drain = buffer_sub.add_parser(
+        "drain",
+        help="write the pending records into the database now",
+        description="Drain the buffer into the database now (a progress bar on a terminal, "
+        "one line per batch otherwise). Refuses, with exit code 4, while a running bridge "
+        "holds the buffer: that bridge drains it itself.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    _config_options(drain, mode=False)
+    drain.set_defaults(func=cmd_buffer_drain)
+
+    sim = command(
+        "sim",
+        "run an IBKR simulator (socket or portal)",
+        "Run a simulator in the foreground until Ctrl-C or SIGTERM. Everything after the "
+        "simulator's name is passed to `python -m ibkr_bridge.sim`, e.g.\n"
+        "  ibkr-bridge sim socket --port 4001 --portfolio examples/portfolio.json "
+        "--faults faults.json\n"
+        "See `ibkr-bridge sim socket --help` for its options.",
+    )
+    sim.add_argument("simulator", choices=["socket", "portal"], help="which API to simulate")
+    sim.add_argument(
+        "sim_args", nargs=argparse.REMAINDER, metavar="...", help="the simulator's options"
+    )
+    sim.set_defaults(func=cmd_sim)
+
+    parser.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -13,8 +13,7 @@ Commands:
 ``buffer status`` / ``buffer drain``
     What the crash-safe buffer holds; drain it into the database now.
 ``sim socket|portal``
-    Runs an IBKR simulator (the arguments after the simulator's name are
-    ``python -m ibkr_bridge.sim``'s).
+    Runs an IBKR simulator: ``python -m ibkr_bridge.sim`` (its options follow the name).
 
 Exit codes (:data:`EXIT_OK` ...): 0 ok; 1 a check failed or a runtime failure; 2 bad
 configuration or usage (argparse's own 2); 3 the bridge's tables exist in a shape it cannot
@@ -362,7 +361,7 @@ def cmd_buffer_drain(args: argparse.Namespace) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     from .sim.__main__ import main as sim_main
 
-    return sim_main([args.simulator, *args.sim_args])
+    return sim_main(["--log-level", args.log_level, args.simulator, *args.sim_args])
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -494,12 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim = command(
         "sim",
         "run an IBKR simulator (socket or portal)",
-        "Run a simulator in the foreground until Ctrl-C or SIGTERM. Everything after the "
-        "simulator's name is passed to `python -m ibkr_bridge.sim`, e.g.\n"
+        "Run a simulator in the foreground until Ctrl-C or SIGTERM. The arguments after "
+        "the simulator's name are its own options, e.g.\n"
         "  ibkr-bridge sim socket --port 4001 --portfolio examples/portfolio.json "
         "--faults faults.json\n"
-        "See `ibkr-bridge sim socket --help` for its options.",
+        "Once it accepts connections it prints one `listening ...` line on stdout (for "
+        "portal: the URL and the certificate to trust with IBKR_GATEWAY_CA). See "
+        "`ibkr-bridge sim socket --help` and `ibkr-bridge sim portal --help`.",
     )
+    sim.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
     sim.add_argument("simulator", choices=["socket", "portal"], help="which API to simulate")
     sim.add_argument(
         "sim_args", nargs=argparse.REMAINDER, metavar="...", help="the simulator's options"

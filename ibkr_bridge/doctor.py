@@ -442,7 +442,10 @@ async def check_portal_gateway(settings: Settings) -> CheckResult:
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
         why = f"TLS failed: {_describe(exc)}"
     except aiohttp.ClientConnectorError as exc:
-        why = f"cannot connect: {_describe(exc.os_error)}"
+        why = (
+            f"cannot connect: {_describe(exc.os_error)}: is the Client Portal gateway "
+            "running at IBKR_GATEWAY_URL?"
+        )
     except TimeoutError:
         why = f"no answer within {settings.connect_timeout:g} s (IB_CONNECT_TIMEOUT)"
     except (aiohttp.ClientError, OSError, ValueError) as exc:

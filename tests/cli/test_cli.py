@@ -80,7 +80,7 @@ class World:
             env={**self.env, **(env or {})},
             cwd=self.tmp,
             stdout=kwargs.pop("stdout", asyncio.subprocess.PIPE),
-            stderr=asyncio.subprocess.PIPE,
+            stderr=kwargs.pop("stderr", asyncio.subprocess.PIPE),
             **kwargs,
         )
 
@@ -493,13 +493,17 @@ async def test_run_writes_rows_and_stops_cleanly_on_sigterm(world: World) -> Non
 # --- sim -----------------------------------------------------------------------------------
 
 
+async def _listening(proc: asyncio.subprocess.Process) -> list[str]:
+    """The words after ``listening`` in the simulator's announcement on stdout."""
+    assert proc.stdout is not None
+    while line := await asyncio.wait_for(proc.stdout.readline(), 30):
+        if line.startswith(b"listening "):
+            return line.decode().split()[1:]
+    raise AssertionError("the simulator ended before saying where it listens")
+
+
 async def _sim_port(proc: asyncio.subprocess.Process) -> int:
-    assert proc.stderr is not None
-    while line := await asyncio.wait_for(proc.stderr.readline(), 30):
-        text = line.decode()
-        if "IB Gateway simulator on " in text:
-            return int(text.rsplit(":", 1)[1].split(",")[0])
-    raise AssertionError("the simulator never said where it listens")
+    return int((await _listening(proc))[0].rsplit(":", 1)[1])
 
 
 async def test_sim_socket_serves_a_portfolio_and_runs_a_fault_script(world: World) -> None:
@@ -507,7 +511,16 @@ async def test_sim_socket_serves_a_portfolio_and_runs_a_fault_script(world: Worl
     faults = world.tmp / "faults.json"
     faults.write_text(json.dumps([{"at": 0, "fault": "refuse", "seconds": 3600}]))
     for script, expected in (((), "OK"), (("--faults", str(faults)), "FAIL")):
-        proc = await world.spawn("sim", "socket", "--port", "0", "--portfolio", portfolio, *script)
+        proc = await world.spawn(
+            "sim",
+            "socket",
+            "--port",
+            "0",
+            "--portfolio",
+            portfolio,
+            *script,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         try:
             port = await _sim_port(proc)
             done = await world.run("check", "--json", env={"IB_SOCKET_PORT": str(port)})
@@ -519,3 +532,69 @@ async def test_sim_socket_serves_a_portfolio_and_runs_a_fault_script(world: Worl
                 proc.kill()
                 await proc.wait()
         assert proc.returncode == 0
+
+
+async def _portal_url(proc: asyncio.subprocess.Process) -> tuple[str, str]:
+    """(IBKR_GATEWAY_URL, IBKR_GATEWAY_CA) from ``listening <url> ca <pem>``."""
+    url, ca_word, ca = await _listening(proc)
+    assert ca_word == "ca"
+    return url, ca
+
+
+async def test_sim_portal_and_check_in_portal_mode(world: World) -> None:
+    await world.create_tables()
+    faults = world.tmp / "portal-faults.json"
+    faults.write_text(json.dumps([{"at": 0, "fault": "competing", "seconds": 3600}]))
+    portfolio = str(ROOT / "examples" / "portfolio.json")
+    quiet = asyncio.subprocess.DEVNULL
+    proc = await world.spawn("sim", "portal", "--port", "0", "--portfolio", portfolio, stderr=quiet)
+    competing = await world.spawn(
+        "sim",
+        "--log-level",
+        "WARNING",
+        "portal",
+        "--port",
+        "0",
+        "--faults",
+        str(faults),
+        stderr=quiet,
+    )
+    try:
+        url, ca = await _portal_url(proc)
+        portal = {"IBKR_GATEWAY_URL": url, "IBKR_GATEWAY_CA": ca}
+        ok = await world.run("check", "--mode", "PORTAL", "--json", env=portal)
+        assert ok.code == 0, ok.out
+        gateway = ok.check("gateway")
+        assert gateway["status"] == "OK"
+        assert gateway["data"]["authenticated"] is True
+        assert gateway["data"]["competing"] is False
+        assert "authenticated=True competing=False connected=True" in gateway["detail"]
+
+        # TLS is verified: without the simulator's certificate the gateway is not trusted.
+        untrusted = await world.run(
+            "check", "--mode", "PORTAL", "--json", env={"IBKR_GATEWAY_URL": url}
+        )
+        assert untrusted.code == 1
+        assert "certificate not trusted" in untrusted.check("gateway")["detail"]
+
+        url, ca = await _portal_url(competing)
+        taken = await world.run(
+            "check",
+            "--mode",
+            "PORTAL",
+            "--json",
+            env={"IBKR_GATEWAY_URL": url, "IBKR_GATEWAY_CA": ca},
+        )
+        assert taken.code == 1
+        assert taken.check("gateway")["data"]["competing"] is True
+        assert "another login holds" in taken.check("gateway")["detail"]
+        for sim in (proc, competing):
+            sim.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(sim.wait(), 30)
+    finally:
+        for sim in (proc, competing):
+            if sim.returncode is None:
+                sim.kill()
+                await sim.wait()
+    assert proc.returncode == 0
+    assert competing.returncode == 0

@@ -1,0 +1,1 @@
+"""Tests of the documentation: its examples, its commands and the site build."""

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 from .buffer import BufferFormatError, BufferLockedError, JsonlBuffer
 from .config import ConfigError, LogFormat, Settings, load_settings
 from .errors import SchemaError, StoreError
-from .logs import configure_logging
+from .logs import configure_logging, redact_secrets
 
 if TYPE_CHECKING:
     from .drain import DrainProgress
@@ -77,6 +77,12 @@ def _environ(args: argparse.Namespace) -> dict[str, str]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(_environ(args), dotenv_path=args.env_file)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    # Driver messages can quote a connection string; never let a password through.
+    return redact_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
@@ -163,7 +169,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _apply_schema(settings: Settings) -> int:
     import asyncpg
 
-    from .schema import DDL, EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema, ensure_bridge_schema
+    from .schema import EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema, ensure_bridge_schema
 
     where = settings.database.redacted()
     try:
@@ -192,7 +198,7 @@ async def _apply_schema(settings: Settings) -> int:
             await conn.close(timeout=settings.db_command_timeout)
     created = sorted(t for t, problems in before.items() if problems == ["table is missing"])
     kept = sorted({GREEKS_TABLE, EVENTS_TABLE} - set(created))
-    print(f"{where}: applied the bridge's DDL ({len(DDL.splitlines())} lines)")
+    print(f"{where}: the bridge's tables are in place")
     if created:
         print(f"created: {', '.join(created)}")
     if kept:
@@ -380,13 +386,6 @@ class _Formatter(argparse.HelpFormatter):
                     textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
                 )
         return "\n".join(lines)
-
-
-def _describe(exc: BaseException) -> str:
-    from .logs import redact_secrets
-
-    text = str(exc)
-    return redact_secrets(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def _config_options(parser: argparse.ArgumentParser, *, mode: bool, top: bool = False) -> None:

@@ -274,7 +274,8 @@ async def test_bad_configuration_lists_every_problem_with_exit_2(world: World) -
     assert "SKIP" in done.out
     assert world.sim.connections_accepted == 0
 
-    for command in (("run",), ("buffer", "status"), ("buffer", "drain"), ("schema", "--apply")):
+    commands = [(), ("run",), ("buffer", "status"), ("buffer", "drain"), ("schema", "--apply")]
+    for command in commands:  # () is the bare `python -m ibkr_bridge`: the service
         refused = await world.run(*command, env=bad)
         assert refused.code == 2, command
         assert all(f"{name}:" in refused.err for name in bad), command

@@ -45,6 +45,7 @@ from typing import Any, Final, Literal
 import aiohttp
 import asyncpg
 from attrs import field, frozen
+from ib_async.client import Client
 
 from .buffer import HEADER_VERSION, BufferStats, JsonlBuffer
 from .cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA
@@ -76,10 +77,9 @@ __all__ = [
 
 Status = Literal["OK", "WARN", "FAIL", "SKIP"]
 
-# ib_async 2.1.0's range (ib_async.client.Client.Min/MaxClientVersion): the versions the
-# bridge itself would offer, so a Gateway that answers here will answer the bridge.
-TWS_MIN_VERSION: Final = 157
-TWS_MAX_VERSION: Final = 178
+# The range ib_async offers: a Gateway that answers this handshake will answer the bridge.
+TWS_MIN_VERSION: Final[int] = int(Client.MinClientVersion)
+TWS_MAX_VERSION: Final[int] = int(Client.MaxClientVersion)
 _MAX_REPLY: Final = 4096  # the handshake reply is two short fields
 _CHUNK: Final = 1 << 18
 _NEAR_FULL: Final = 0.8
@@ -333,7 +333,7 @@ async def tws_handshake(host: str, port: int, timeout: float) -> TwsHandshake:
     if not TWS_MIN_VERSION <= version <= TWS_MAX_VERSION:
         raise HandshakeError(
             f"server version {version} is outside {TWS_MIN_VERSION}..{TWS_MAX_VERSION}, "
-            "which ib_async 2.1.0 requires"
+            "which ib_async requires"
         )
     return TwsHandshake(version, fields[1])
 

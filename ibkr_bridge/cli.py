@@ -34,7 +34,6 @@ import signal
 import sys
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 from .buffer import BufferFormatError, BufferLockedError, JsonlBuffer
@@ -273,46 +272,25 @@ class _DrainOutput:
             self._bar_shown = False
 
 
-class _Rejects:
-    """Records PostgreSQL refused as data, kept in ``<buffer>.rejected`` for a human.
-
-    The same file and line format as the service's writer (:mod:`ibkr_bridge.sink`).
-    """
-
-    def __init__(self, buffer_path: Path) -> None:
-        self.path = Path(str(buffer_path) + ".rejected")
-
-    def __call__(self, line: str, error: str) -> None:
-        entry = json.dumps({"error": error, "record": line}, separators=(",", ":"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, entry.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 async def _drain(settings: Settings, buffer: JsonlBuffer) -> int:
-    from .drain import drain_buffer
+    from .drain import RejectedFile, drain_buffer
 
     where = settings.database.redacted()
     store = await _open_store(settings)
     try:
         try:
             await store.ensure_schema()
-        except (SchemaError, StoreError) as exc:
-            # Store wraps everything in a StoreError; the shape problem is its cause.
-            shape = exc if isinstance(exc, SchemaError) else exc.__cause__
-            if isinstance(shape, SchemaError):
-                print(f"{PROG}: {shape}", file=sys.stderr)
-                return EXIT_SCHEMA
+        except SchemaError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_SCHEMA
+        except StoreError as exc:
             print(f"{PROG}: {where}: {exc}; nothing drained", file=sys.stderr)
             return EXIT_FAILURE
         pending = buffer.count_pending()
         if not pending:
             print(f"{buffer.path}: nothing to drain")
             return EXIT_OK
-        rejects = _Rejects(buffer.path)
+        rejects = RejectedFile(buffer.path)
         output = _DrainOutput(sys.stdout, buffer.pending_bytes, pending)
         try:
             result = await drain_buffer(

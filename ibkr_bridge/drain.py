@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -36,6 +38,26 @@ class DrainProgress:
 
 
 Reject = Callable[[str, str], None]  # (the JSON line, the database's error)
+
+
+class RejectedFile:
+    """``<buffer>.rejected``: records PostgreSQL refused as data, kept for a human.
+
+    One JSON object per line, ``{"error": ..., "record": <the buffer line>}``, appended
+    and fsync'd, mode 0600 (the records hold account data). Usable as a :data:`Reject`.
+    """
+
+    def __init__(self, buffer_path: Path) -> None:
+        self.path = Path(str(buffer_path) + ".rejected")
+
+    def __call__(self, line: str, error: str) -> None:
+        entry = json.dumps({"error": error, "record": line}, separators=(",", ":"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, entry.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 async def drain_buffer(

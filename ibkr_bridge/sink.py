@@ -32,17 +32,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
 from .buffer import BufferFullError, JsonlBuffer
 from .clock import Clock, SystemClock
-from .drain import DrainProgress, drain_buffer
+from .drain import DrainProgress, RejectedFile, drain_buffer
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
 from .machines.breaker import BreakerState, CircuitBreaker
 from .records import ApiEvent, Record, Status, record_to_json
@@ -93,7 +91,8 @@ class DurableWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._stragglers: set[asyncio.Task[None]] = set()
         self._pending: set[asyncio.Future[None]] = set()
-        self._rejected_path = Path(str(buffer.path) + ".rejected")
+        self._rejected_file = RejectedFile(buffer.path)
+        self._rejected_path = self._rejected_file.path
         self._running = False
         self._stopped = False
         self._full_episode = False
@@ -313,13 +312,7 @@ class DurableWriter:
 
     def _reject(self, line: str, error: str) -> None:
         self._rejected += 1
-        entry = json.dumps({"error": error, "record": line}, separators=(",", ":"))
-        fd = os.open(self._rejected_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, entry.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._rejected_file(line, error)
         key = json.loads(line).get("key")
         self.log_event(
             "rejected",

@@ -28,7 +28,13 @@ from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from .errors import Failure, PermanentStoreError, TransientStoreError, classify_db_error
+from .errors import (
+    Failure,
+    PermanentStoreError,
+    SchemaError,
+    TransientStoreError,
+    classify_db_error,
+)
 from .records import ApiEvent, GreeksRow, Record
 from .schema import EVENTS_TABLE, GREEKS_TABLE, ensure_bridge_schema
 
@@ -302,8 +308,8 @@ class Store:
             if conn is not None:
                 # Mid-transaction state is unknown (a cut, a deadline): never reuse it.
                 _terminate(conn)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            if isinstance(exc, asyncio.CancelledError | SchemaError):
+                raise  # a table in the wrong shape is not a database failure
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"the database did not answer within the deadline ({exc})")
             if not isinstance(exc, Exception):

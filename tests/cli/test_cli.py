@@ -312,11 +312,6 @@ async def test_a_table_in_the_wrong_shape_is_exit_3(world: World) -> None:
     assert "missing column delta" in drain.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Store.ensure_schema wraps SchemaError in PermanentStoreError, so "
-    "Bridge._open_storage logs it as 'database not reachable' and keeps running",
-)
 async def test_run_exits_3_on_a_table_in_the_wrong_shape(world: World) -> None:
     conn = await world.db.connect()
     try:

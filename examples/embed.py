@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -145,6 +146,11 @@ async def main_async(args: argparse.Namespace) -> int:
         f"final state {status.connection}, breaker {status.breaker}",
         flush=True,
     )
+    if status.buffer_pending_bytes:
+        # The database was unreachable at the end: the rows wait there, never deleted.
+        print(f"embed: rows still buffered in {settings.buffer_path}", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -177,6 +177,7 @@ class _Session:
         self.lock = asyncio.Lock()
         self.dirty = False
         self.worker: asyncio.Task[None] | None = None
+        self.probe_mark = -1  # messages received as of the last probe (-1: none yet)
         self._attach()
 
     # -- events ---------------------------------------------------------------------------
@@ -634,8 +635,23 @@ class SocketFeed:
         return session
 
     async def probe(self) -> None:
-        """One reqCurrentTime round trip (hangs while the Gateway is frozen)."""
-        await self._live_session().ib.reqCurrentTimeAsync()
+        """Proof that the Gateway is alive: traffic since the last probe, or a round trip.
+
+        Any message received since the previous probe proves it, without sending anything:
+        a reqCurrentTime sent while ib_async is throttling its own requests (45 a second;
+        a book of 1,000 legs takes over 20 s to subscribe) would wait behind them and time
+        out though nothing is wrong. With no traffic, one reqCurrentTime must come back
+        (it hangs while the Gateway is frozen). A frozen Gateway is therefore noticed
+        within two probe intervals.
+        """
+        session = self._live_session()
+        client = session.ib.client
+        received: int = client._numMsgRecv  # ib_async is pinned to 2.1.0
+        if received != session.probe_mark:
+            session.probe_mark = received
+            return
+        await session.ib.reqCurrentTimeAsync()
+        session.probe_mark = client._numMsgRecv
 
     async def resubscribe(self) -> None:
         """Re-sync positions, cancel and re-request every market-data stream (after 1101)."""

@@ -38,6 +38,7 @@ from ibkr_bridge.sim.portfolio import (
 )
 from ibkr_bridge.sim.tws import TwsSimulator
 from ibkr_bridge.socket_feed import SocketFeed
+from ibkr_bridge.testing import wait_until
 
 CLIENT_ID = 10
 GUARD = 10.0  # seconds a wait may take before the test is declared hung
@@ -575,11 +576,35 @@ async def test_frozen_gateway_makes_the_probe_hang(clock: FakeClock) -> None:
         connected(sim) as (feed, _),
     ):
         await settle(feed)
+        await feed.probe()  # traffic since connect: alive, nothing sent
+        requests = sim.count_requests(49)
+        await feed.probe()  # no traffic since: one reqCurrentTime round trip
+        assert sim.count_requests(49) == requests + 1
         await sim.freeze()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(feed.probe(), 0.2)
         await sim.unfreeze()
         await settle(feed)
+
+
+async def test_probe_trusts_traffic_while_requests_are_throttled(clock: FakeClock) -> None:
+    # A big book subscribes slower than ib_async's 45 requests/s: a reqCurrentTime queued
+    # behind them would time out. Traffic from the Gateway since the last probe proves it
+    # alive without sending anything.
+    async with (
+        simulator(single_underlying_portfolio(as_of=clock.now()), clock) as sim,
+        connected(sim) as (feed, _),
+    ):
+        await settle(feed)
+        await feed.probe()
+        await feed.probe()  # the round trip also counts as traffic
+        requests = sim.count_requests(49)
+        client = feed._live_session().ib.client
+        before = client._numMsgRecv
+        await clock.advance(2.0)  # the simulator streams ticks
+        await wait_until(lambda: client._numMsgRecv > before)
+        await asyncio.wait_for(feed.probe(), 0.2)
+        assert sim.count_requests(49) == requests
 
 
 async def test_refused_connection_raises(clock: FakeClock) -> None:

@@ -48,6 +48,10 @@ _KEY_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "ibkr-bridge/portfolio_gr
 
 def _finite_number(value: object) -> float | None:
     """``value`` as a float if it is a real, finite number below IB's unset marker."""
+    if type(value) is float:
+        # The common case, checked first: the ABC isinstance below costs ~1 us a call,
+        # which is 10 ms a tick for a 1,000-leg book.
+        return value if math.isfinite(value) and abs(value) < _UNSET_FLOOR else None
     # bool is an int subclass; True as a Greek is a bug upstream, not the number 1.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
@@ -150,6 +154,8 @@ def multiplier_from(value: str | float | None) -> float:
     0.0 for stocks. Raises ValueError for text that is not a number and for negative or
     non-finite values: a guessed multiplier would be wrong by a factor of 100.
     """
+    if type(value) is float and 0.0 < value < _UNSET_FLOOR:
+        return value  # already a valid multiplier (the per-tick path)
     if value is None or (isinstance(value, str) and not value.strip()):
         return 1.0
     number = parse_portal_number(value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Mapping
 from datetime import datetime
@@ -145,6 +146,11 @@ class _Subscription:
         self.contract = contract
         self.ticker = ticker
         self.req_id = req_id
+
+
+# Contract multipliers are a handful of strings ("", "100", "50"): parse each once, not
+# once per leg per tick.
+_multiplier = functools.lru_cache(maxsize=1024)(multiplier_from)
 
 
 class _Session:
@@ -681,7 +687,7 @@ class SocketFeed:
                         symbol=contract.symbol,
                         sec_type=sec_type,
                         quantity=pos.position,
-                        multiplier=multiplier_from(contract.multiplier),
+                        multiplier=_multiplier(contract.multiplier),
                         delta=greeks.delta,
                         gamma=greeks.gamma,
                         vega=greeks.vega,
@@ -696,7 +702,7 @@ class SocketFeed:
                         symbol=contract.symbol,
                         sec_type=sec_type,
                         quantity=pos.position,
-                        multiplier=multiplier_from(contract.multiplier),
+                        multiplier=_multiplier(contract.multiplier),
                         underlying_price=(
                             _ticker_price(ticker) if sec_type in FUTURE_SEC_TYPES else None
                         ),

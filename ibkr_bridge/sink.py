@@ -273,22 +273,31 @@ class DurableWriter:
     def _append(self, batch: list[Record]) -> None:
         try:
             self._buffer.append(batch)
-        except BufferFullError as exc:
-            # Documented policy: what is buffered is kept; new records are refused,
-            # counted and reported (once per episode), never silently dropped.
+        except (BufferFullError, OSError) as exc:
+            # Documented policy: what is buffered is kept; records that cannot be buffered
+            # (size cap reached, disk full, I/O error) are refused, counted, and written in
+            # full to the service log, never silently dropped. The episode is reported at
+            # once; that event reaches the database or, if it cannot, the service log.
             self._refused_full += len(batch)
             for record in batch:
+                # This prefix is what docs/operations.md's recovery recipe looks for.
                 log.error("buffer full, refused: %s", record_to_json(record))
             if not self._full_episode:
                 self._full_episode = True
-                log.error("%s", exc)
+                self.log_event(
+                    "buffer_refusing",
+                    f"cannot buffer records ({exc}); refusing them until the buffer accepts "
+                    "writes again (each refused record is in the service log)",
+                    status="error",
+                    detail={"error": str(exc), "path": str(self._buffer.path)},
+                )
             return
         if self._full_episode:
             self._full_episode = False
             self.log_event(
                 "buffer_full",
-                f"the buffer reached its size cap; {self._refused_full} records were refused "
-                "(logged in full to the service log)",
+                f"the buffer accepts records again; {self._refused_full} records were refused "
+                "in all (each is in the service log)",
                 status="error",
                 detail={"refused_total": self._refused_full},
             )

@@ -195,3 +195,36 @@ async def test_rows_left_by_a_crash_are_drained_at_start(db: TestDatabase, tmp_p
         await store.close()
     rows = await db.fetch("SELECT delta FROM portfolio_greeks ORDER BY id")
     assert [r["delta"] for r in rows] == [float(i) for i in range(n + 1)]
+
+
+async def test_disk_full_refuses_loudly_and_keeps_what_is_buffered(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    seen: list[ApiEvent] = []
+    rig.sink.add_listener(seen.append)
+    rig.proxy.down()
+    await rig.sink.write([row(0)])  # buffered
+    real_append = rig.buffer.append
+
+    def disk_full(records: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rig.buffer, "append", disk_full)
+    await rig.sink.write([row(1)])
+    await rig.sink.write([row(2)])
+    # Two rows, and the episode's own event, which could not be buffered either.
+    assert rig.sink.stats.refused_full == 3
+    refused = [r.getMessage() for r in caplog.records if "buffer full, refused:" in r.getMessage()]
+    assert len(refused) == 3
+    assert any('"delta":1.0' in text for text in refused)
+    assert any('"delta":2.0' in text for text in refused)
+    assert [e.event for e in seen].count("buffer_refusing") == 1  # once per episode
+    monkeypatch.setattr(rig.buffer, "append", real_append)
+    await rig.sink.write([row(3)])
+    assert [e.event for e in seen].count("buffer_full") == 1
+    rig.proxy.up()
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    assert await rig.greeks_deltas() == [0.0, 3.0]  # what was buffered survives

@@ -81,6 +81,7 @@ from typing import Any, Final, Self, TypeVar
 import attrs
 from attrs import frozen
 
+from ibkr_bridge.errors import BridgeError
 from ibkr_bridge.records import (
     SCHEMA_VERSION,
     ApiEvent,
@@ -110,7 +111,7 @@ _QUARANTINE_FLUSH: Final = 1000
 T = TypeVar("T")
 
 
-class JsonlBufferError(Exception):
+class JsonlBufferError(BridgeError):
     """Base of the buffer's own errors."""
 
 

@@ -5,16 +5,21 @@ The hierarchy::
     BridgeError                      anything raised on purpose by ibkr-bridge
     ├── ConfigError (ValueError)     bad settings; lists every problem at once    [config]
     ├── SchemaError                  a bridge table exists but lacks columns/keys [schema]
-    ├── BufferError                  the crash-safe JSONL buffer                  [buffer]
+    ├── JsonlBufferError             the crash-safe JSONL buffer                  [buffer]
     │   ├── BufferLockedError        another process holds the buffer
-    │   └── BufferFullError          the size cap is reached (nothing is deleted)
+    │   ├── BufferFullError          the size cap is reached (nothing is deleted)
+    │   └── BufferFormatError        a buffer file of an unknown header version
     ├── StoreError                   a database write failed
     │   ├── TransientStoreError      try again later: the breaker opens, rows are buffered
     │   └── PermanentStoreError      this data can never be written: log it, skip it
-    ├── IllegalTransition (ValueError) a trigger that is not valid in the state  [machines]
-    ├── LifecycleError (RuntimeError)  a Bridge used out of order (run twice, ...) [bridge]
+    ├── LifecycleError (RuntimeError)  a Bridge or writer used out of order        [bridge]
     └── GatewayError                 IBKR side: simulator or real gateway
-        └── AccountSelectionError    IB_ACCOUNT missing among several accounts
+        ├── AccountSelectionError (ValueError)  IB_ACCOUNT missing among several accounts
+        └── NeedsLoginError          Client Portal: only a human login can help    [portal]
+
+    IllegalTransition (ValueError)   a trigger not valid in the state             [machines]
+        (outside BridgeError on purpose: the pure state machines import nothing with IO,
+        and this module imports asyncpg to classify its errors)
 
 Whether a database failure is *transient* (the server is down, restarting, overloaded,
 unreachable, slow, or the schema is temporarily gone) or *permanent* (this particular row

@@ -27,6 +27,7 @@ prints them as a table at the end of the session (and writes ``docs/fault-matrix
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -45,8 +46,16 @@ import pytest
 from ibkr_bridge import Bridge, ConnectionState
 from ibkr_bridge.clock import FakeClock
 from ibkr_bridge.config import Settings, load_settings
+from ibkr_bridge.portal_feed import PortalFeed
 from ibkr_bridge.records import ApiEvent, GreeksRow
-from ibkr_bridge.sim import Portfolio, TwsSimulator, black_scholes, default_portfolio
+from ibkr_bridge.sim import (
+    PortalSimulator,
+    Portfolio,
+    TwsSimulator,
+    black_scholes,
+    default_portfolio,
+    single_underlying_portfolio,
+)
 from ibkr_bridge.sim.portfolio import years_between
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
@@ -193,13 +202,10 @@ def _is_clean(value: float | None) -> bool:
 # -- the world -------------------------------------------------------------------------------
 
 
-def base_env(sim: TwsSimulator, dsn: str, buffer: Path) -> dict[str, str]:
+def base_env(dsn: str, buffer: Path) -> dict[str, str]:
     return {
-        "IB_SOCKET_PORT": str(sim.port),
         "IB_ACCOUNT": ACCOUNT,
-        "IB_CONNECT_TIMEOUT": "3",
         "IB_PROBE_INTERVAL": "15",
-        "IB_PROBE_TIMEOUT": "0.5",
         "DATABASE_URL": dsn,
         "BRIDGE_BUFFER_PATH": str(buffer),
         "BRIDGE_POLL_INTERVAL": str(POLL),
@@ -214,12 +220,13 @@ class World:
     """Everything one case runs against; bridges come and go, the recorders stay."""
 
     clock: FakeClock
-    sim: TwsSimulator
     db: TestDatabase
     pg: TcpProxy
     env: dict[str, str]
     buffer_path: Path
     refusals: RefusalLog
+    tws: TwsSimulator | None = None
+    portal: PortalSimulator | None = None
     submitted: list[GreeksRow] = attrs.Factory(list)
     # For each submitted row: how many requests the simulator had received by then.
     requests_seen: dict[str, int] = attrs.Factory(dict)
@@ -236,6 +243,40 @@ class World:
     t0_mono: float = 0.0
     t0_wall: datetime = START
 
+    # -- the gateway -------------------------------------------------------------------------
+
+    @property
+    def sim(self) -> TwsSimulator:
+        assert self.tws is not None, "a SOCKET case"
+        return self.tws
+
+    @property
+    def portal_sim(self) -> PortalSimulator:
+        assert self.portal is not None, "a PORTAL case"
+        return self.portal
+
+    @property
+    def portfolio(self) -> Portfolio:
+        return self.sim.portfolio if self.portal is None else self.portal.portfolio
+
+    def busy(self) -> int:
+        """HTTP requests still on their way (PORTAL); 0 in SOCKET mode."""
+        if self.portal is None:
+            return 0
+        feed = self.bridge._feed if self.bridge is not None else None
+        in_flight = feed.requests_in_flight if isinstance(feed, PortalFeed) else 0
+        return self.portal.busy + max(0, in_flight - self.portal.parked)
+
+    async def settle(self) -> None:
+        """Let real IO finish before the fake clock moves: ``busy()`` stays 0 a few turns."""
+        quiet = 0
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while quiet < 3:
+            await asyncio.sleep(0.0005)
+            quiet = 0 if self.busy() else quiet + 1
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("gateway requests still in flight after 10 s")
+
     # -- bridges -----------------------------------------------------------------------------
 
     def settings(self, **overrides: str) -> Settings:
@@ -249,7 +290,7 @@ class World:
 
     def _on_rows(self, rows: Sequence[GreeksRow]) -> None:
         self.submitted.extend(rows)
-        count = len(self.sim.requests)
+        count = len(self.tws.requests) if self.tws is not None else 0
         for row in rows:
             self.requests_seen[row.key] = count
 
@@ -293,9 +334,20 @@ class World:
 
     # -- time --------------------------------------------------------------------------------
 
+    async def run(self, seconds: float) -> None:
+        """Move the clock ahead deadline by deadline, letting real IO finish at each."""
+        end = self.clock.monotonic() + seconds
+        while True:
+            await self.settle()
+            now = self.clock.monotonic()
+            if now >= end:
+                return
+            deadline = self.clock.next_deadline()
+            target = end if deadline is None else min(end, max(deadline, now))
+            await self.clock.advance(target - now)
+
     async def ticks(self, n: int) -> None:
-        for _ in range(n):
-            await self.clock.advance(POLL)
+        await self.run(n * POLL)
 
     async def advance_until(
         self,
@@ -307,14 +359,20 @@ class World:
     ) -> None:
         """Advance the fake clock, deadline by deadline, until ``condition`` holds.
 
-        After each step the real event loop gets up to ``settle`` seconds for the IO the
-        step set off (a connect, a drain); time on the fake clock is capped at ``limit``.
+        Before each step the IO the last one set off gets to finish: PORTAL requests are
+        tracked (``busy()``); a SOCKET connect or a drain is not, so it gets up to
+        ``settle`` real seconds. Fake time is capped at ``limit``.
         """
         elapsed = 0.0
+        patience = settle if self.portal is None else 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await wait_until(condition, timeout=settle)
+            await self.settle()
+            if condition():
                 return
+            if patience:
+                with contextlib.suppress(TimeoutError):
+                    await wait_until(condition, timeout=patience)
+                    return
             if elapsed >= limit:
                 raise TimeoutError(f"not reached within {limit:g} s of fake time: {condition}")
             deadline = self.clock.next_deadline()
@@ -323,11 +381,18 @@ class World:
             await self.clock.advance(dt)
             elapsed += dt
 
+    def _has_data(self) -> bool:
+        if self.state is not ConnectionState.LIVE:
+            return False
+        return self.live_bridge._feed.snapshot(self.clock.now()) is not None
+
     async def data_ready(self) -> None:
         """LIVE with market data for every leg (the next tick writes rows)."""
-        await wait_until(lambda: self.state is ConnectionState.LIVE, timeout=15)
-        feed = self.live_bridge._feed
-        await wait_until(lambda: feed.snapshot(self.clock.now()) is not None, timeout=15)
+        if self.portal is not None:
+            # The Client Portal is polled on the fake clock: time has to move.
+            await self.advance_until(self._has_data, limit=60, step=1.0)
+            return
+        await wait_until(self._has_data, timeout=15)
 
     async def rows_flow(self, n: int = 2) -> None:
         """``n`` more ticks write rows (proves the writer is back after a fault)."""
@@ -341,11 +406,14 @@ class World:
     async def recover(self) -> None:
         """End every fault, then advance until healthy and a few rows are written."""
         self.pg.up()
-        if self.sim.refusing:
-            await self.sim.accept_connections()
-        if self.sim.frozen:
-            await self.sim.unfreeze()
-        self.sim.clear_sentinel_greeks()
+        if self.tws is not None:
+            if self.tws.refusing:
+                await self.tws.accept_connections()
+            if self.tws.frozen:
+                await self.tws.unfreeze()
+            self.tws.clear_sentinel_greeks()
+        if self.portal is not None:
+            self.portal.clear_faults()
         await self.advance_until(lambda: self.healthy, limit=900.0)
         await self.rows_flow(2)
         await self.live_bridge.sink.flush()
@@ -404,11 +472,57 @@ class Report:
         )
 
 
+class _Expected:
+    """The independent recomputation a row must equal (one of the candidates)."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._cache: dict[datetime, dict[str, dict[str, float]]] = {}
+
+    def _at(self, when: datetime) -> dict[str, dict[str, float]]:
+        if when not in self._cache:
+            self._cache[when] = expected_nets(self._world.portfolio, when)
+        return self._cache[when]
+
+    def candidates(self, row: GreeksRow) -> list[dict[str, float]]:
+        w = self._world
+        if w.tws is not None:
+            # SOCKET: the Greeks come from the last market-data request the simulator had
+            # received when the row was computed (its prices never move afterwards).
+            seen = w.tws.requests[: w.requests_seen[row.key]]
+            subscribed = [r.at for r in seen if r.msg_id == 1]
+            if not subscribed:
+                return []
+            nets = self._at(w.wall_of(subscribed[-1]))
+            return [nets[row.contract]] if row.contract in nets else [{}]
+        # PORTAL: the feed values a row with its latest snapshot, at most 3 polls of 2 s
+        # (6 s) old, answered on the simulator's whole-second grid: one of those instants.
+        found = []
+        for lag in range(7):
+            nets = self._at(row.timestamp - timedelta(seconds=lag))
+            found.append(nets.get(row.contract, {}))
+        return found
+
+
+def _matches(db_row: asyncpg.Record, want: Mapping[str, float]) -> bool:
+    return bool(want) and all(
+        db_row[name] is not None and math.isclose(db_row[name], value, rel_tol=1e-9, abs_tol=1e-9)
+        for name, value in want.items()
+    )
+
+
+def _first_difference(db_row: asyncpg.Record, want: Mapping[str, float]) -> tuple[str, Any, Any]:
+    if not want:
+        return "contract", db_row["contract"], "a contract of the portfolio"
+    for name, value in want.items():
+        if db_row[name] is None or not math.isclose(db_row[name], value, rel_tol=1e-9):
+            return name, db_row[name], value
+    return "-", None, None
+
+
 def _check_rows(world: World, rows: list[asyncpg.Record], problems: list[str]) -> None:
     by_key = {r.key: r for r in world.submitted}
-    requests = world.sim.requests
-    portfolio = world.sim.portfolio
-    expected_cache: dict[float, dict[str, dict[str, float]]] = {}
+    expected = _Expected(world)
     found: dict[str, list[str]] = {}
 
     def wrong(kind: str, text: str) -> None:
@@ -430,24 +544,13 @@ def _check_rows(world: World, rows: list[asyncpg.Record], problems: list[str]) -
             wrong("rows from nothing (legs <= 0)", f"{row.contract} legs = {db_row['legs']}")
         if db_row["legs_missing"]:
             continue  # a leg without Greeks: only the checks above apply
-        # The Greeks come from the last market-data request the simulator had received
-        # when the row was computed (its prices never move afterwards).
-        seen = requests[: world.requests_seen[row.key]]
-        subscribed = [r.at for r in seen if r.msg_id == 1]
-        if not subscribed:
+        candidates = expected.candidates(row)
+        if not candidates:
             wrong("rows written before any market data was requested", row.key)
             continue
-        at = subscribed[-1]
-        if at not in expected_cache:
-            expected_cache[at] = expected_nets(portfolio, world.wall_of(at))
-        want = expected_cache[at].get(row.contract)
-        if want is None:
-            wrong("unknown contracts", row.contract)
-            continue
-        for name, value in want.items():
-            got = db_row[name]
-            if got is None or not math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9):
-                wrong("Greeks differ from the recomputation", f"{name} {got!r} != {value!r}")
+        if not any(_matches(db_row, want) for want in candidates):
+            name, got, value = _first_difference(db_row, candidates[0])
+            wrong("Greeks differ from the recomputation", f"{name} {got!r} != {value!r}")
     for kind, examples in found.items():
         problems.append(f"wrong values: {len(examples)} {kind}, e.g. {examples[0]}")
 
@@ -560,6 +663,7 @@ class Case:
 
     id: str
     scenario: Scenario
+    mode: str = "SOCKET"
     env: Mapping[str, str] = attrs.field(factory=dict)
     setup: Setup | None = None
     verify: Scenario | None = None
@@ -581,25 +685,51 @@ class Case:
 
 
 @contextlib.asynccontextmanager
+async def _gateway(
+    mode: str, clock: FakeClock
+) -> AsyncIterator[tuple[TwsSimulator | None, PortalSimulator | None, dict[str, str]]]:
+    if mode == "SOCKET":
+        # The prices never move (the tick interval is far away): Greeks stay recomputable.
+        portfolio = default_portfolio(as_of=clock.now())
+        async with TwsSimulator(portfolio, clock=clock, tick_interval=10_000_000.0) as tws:
+            env = {
+                "IB_SOCKET_PORT": str(tws.port),
+                "IB_CONNECT_TIMEOUT": "3",
+                "IB_PROBE_TIMEOUT": "0.5",
+            }
+            yield tws, None, env
+        return
+    portfolio = single_underlying_portfolio(as_of=clock.now())
+    async with PortalSimulator(portfolio, clock=clock) as portal:
+        assert portal.ca_path is not None
+        env = {
+            "IB_API_MODE": "PORTAL",
+            "IBKR_GATEWAY_URL": portal.base_url,
+            "IBKR_GATEWAY_CA": portal.ca_path,
+            "IB_CONNECT_TIMEOUT": "5",
+            "IB_PROBE_TIMEOUT": "2",
+        }
+        yield None, portal, env
+
+
+@contextlib.asynccontextmanager
 async def make_world(
-    db: TestDatabase, tmp_path: Path, *, env: Mapping[str, str] = {}
+    db: TestDatabase, tmp_path: Path, *, env: Mapping[str, str] = {}, mode: str = "SOCKET"
 ) -> AsyncIterator[World]:
     clock = FakeClock(start=START.astimezone(UTC))
-    portfolio = default_portfolio(as_of=clock.now())
     buffer = tmp_path / "buffer" / "buffer.jsonl"
     with refusal_log() as refusals:
-        async with (
-            TcpProxy(*db.server_address()) as pg,
-            TwsSimulator(portfolio, clock=clock, tick_interval=10_000_000.0) as sim,
-        ):
+        async with TcpProxy(*db.server_address()) as pg, _gateway(mode, clock) as gateway:
+            tws, portal, gateway_env = gateway
             world = World(
                 clock=clock,
-                sim=sim,
                 db=db,
                 pg=pg,
-                env={**base_env(sim, db.proxied_dsn(pg), buffer), **env},
+                env={**base_env(db.proxied_dsn(pg), buffer), **gateway_env, **env},
                 buffer_path=buffer,
                 refusals=refusals,
+                tws=tws,
+                portal=portal,
                 t0_mono=clock.monotonic(),
                 t0_wall=clock.now(),
             )
@@ -616,7 +746,7 @@ async def make_world(
 async def run_case(case: Case, db: TestDatabase, tmp_path: Path) -> Report:
     """Start a world, run the case's fault, recover, stop, check; record the outcome."""
     try:
-        async with make_world(db, tmp_path, env=case.env) as world:
+        async with make_world(db, tmp_path, env=case.env, mode=case.mode) as world:
             if case.setup is not None:
                 await case.setup(world)
             if not case.starts_bridge:

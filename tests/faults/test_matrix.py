@@ -373,8 +373,10 @@ async def frozen_gateway(w: World) -> None:
     await w.data_ready()
     await w.ticks(1)
     await w.sim.freeze(None)  # the socket stays open, nothing is answered
-    await w.clock.advance(15.0)  # the probe fires and times out (0.5 s, real time)
-    await until_state(w, ConnectionState.BACKOFF)
+    # Traffic since the last probe counts as a sign of life, so the freeze is noticed
+    # within two probe intervals (15 s each; the probe's own timeout is 0.5 s real time).
+    await w.advance_until(lambda: w.state is not ConnectionState.LIVE, limit=30.0, settle=1.0)
+    assert w.state is ConnectionState.BACKOFF
     lost = connection_events(w, "disconnect")
     assert lost, "no disconnect logged"
     assert "probe" in lost[-1], lost
@@ -433,6 +435,71 @@ GATEWAY_CASES = [
 
 @pytest.mark.parametrize("case", [c.param() for c in GATEWAY_CASES])
 async def test_gateway_fault(case: Case, db: TestDatabase, tmp_path: Path) -> None:
+    assert_report(await run_case(case, db, tmp_path))
+
+
+# -- Client Portal gateway rows --------------------------------------------------------------
+
+
+def events_named(w: World, event: str) -> list[str]:
+    return [e.message for e in w.events if e.event == event]
+
+
+async def portal_session_expiry(w: World) -> None:
+    await w.data_ready()
+    await w.ticks(2)
+    w.portal_sim.expire_session()  # authenticated: false until ssodh/init
+    await w.advance_until(lambda: w.reached("connection", "BACKOFF"), limit=60)
+    assert any("no longer authenticated" in m for m in events_named(w, "disconnect"))
+    await w.advance_until(lambda: w.state is ConnectionState.LIVE, limit=120)
+
+
+async def portal_429_storm(w: World) -> None:
+    await w.data_ready()
+    await w.ticks(2)
+    w.portal_sim.rate_limit_storm(90.0)  # every request answered 429
+    await w.run(120.0)
+    assert w.portal_sim.count(status=429) > 0
+    assert events_named(w, "rate_limited"), "the 429s were not logged"
+
+
+async def portal_503_slow(w: World) -> None:
+    await w.data_ready()
+    await w.ticks(2)
+    w.portal_sim.slow(60.0, delay=12.0)  # each answer waits 12 s, then 503
+    await w.run(120.0)
+    assert w.portal_sim.count(status=503) > 0
+    assert any("probe" in m for m in events_named(w, "disconnect")), "not detected as frozen"
+
+
+async def portal_frozen(w: World) -> None:
+    await w.data_ready()
+    await w.ticks(2)
+    w.portal_sim.freeze(60.0)  # requests are accepted and never answered
+    await w.run(120.0)
+    assert any("probe" in m for m in events_named(w, "disconnect")), "not detected as frozen"
+
+
+async def portal_competing(w: World) -> None:
+    await w.data_ready()
+    await w.ticks(2)
+    w.portal_sim.competing(120.0)  # another login holds the brokerage session
+    await w.run(200.0)
+    assert events_named(w, "competing"), "the competing session was not logged"
+    assert any("competing" in m for m in events_named(w, "disconnect"))
+
+
+PORTAL_CASES = [
+    Case("portal-session-expiry", portal_session_expiry, mode="PORTAL"),
+    Case("portal-429-storm", portal_429_storm, mode="PORTAL"),
+    Case("portal-503-slow-answers", portal_503_slow, mode="PORTAL"),
+    Case("portal-frozen", portal_frozen, mode="PORTAL"),
+    Case("portal-competing-session", portal_competing, mode="PORTAL"),
+]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in PORTAL_CASES])
+async def test_portal_fault(case: Case, db: TestDatabase, tmp_path: Path) -> None:
     assert_report(await run_case(case, db, tmp_path))
 
 
@@ -558,10 +625,20 @@ def _write_line(path: Path) -> None:
     path.write_text("{}\n")
 
 
-@pytest.mark.parametrize("kind", [*SABOTAGE, "buffer-left", "quarantined", "refused"])
-async def test_invariants_catch_sabotage(kind: str, db: TestDatabase, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [
+        *[("SOCKET", kind) for kind in [*SABOTAGE, "buffer-left", "quarantined", "refused"]],
+        ("SOCKET", "recomputation"),
+        ("PORTAL", "recomputation"),
+        ("PORTAL", "lost"),
+    ],
+)
+async def test_invariants_catch_sabotage(
+    mode: str, kind: str, db: TestDatabase, tmp_path: Path
+) -> None:
     """Each invariant fails when its property is broken (they are not tautologies)."""
-    async with make_world(db, tmp_path) as w:
+    async with make_world(db, tmp_path, mode=mode) as w:
         await w.start_bridge()
         await w.data_ready()
         await w.ticks(3)
@@ -572,6 +649,12 @@ async def test_invariants_catch_sabotage(kind: str, db: TestDatabase, tmp_path: 
         if kind in SABOTAGE:
             statement, expected = SABOTAGE[kind]
             await w.db.fetch(statement)
+        elif kind == "recomputation":
+            # The stored rows still equal what the bridge computed; only the independent
+            # recomputation moves (a dearer underlying): it alone must object.
+            stock = next(p for p in w.portfolio.positions() if p.instrument.sec_type == "STK")
+            w.portfolio.set_spot(stock.conid, w.portfolio.spot(stock.conid) * 1.01)
+            expected = "differ from the recomputation"
         elif kind == "buffer-left":
             _write_line(w.buffer_path)
             expected = "buffer was not drained"

@@ -9,64 +9,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import attrs
 import pytest
 
 from ibkr_bridge.bridge import Bridge
 from ibkr_bridge.clock import FakeClock
 from ibkr_bridge.config import load_settings
-from ibkr_bridge.feed import FeedListener
 from ibkr_bridge.machines.connection import ConnectionState
-from ibkr_bridge.records import GreeksRow
-from ibkr_bridge.testing import TestDatabase, wait_until
+from ibkr_bridge.testing import ScriptedFeed, TestDatabase, wait_until
 
 NY = ZoneInfo("America/New_York")
-
-
-@attrs.define
-class ScriptedFeed:
-    """Connects or fails as told; reports rows with a counter as delta."""
-
-    mode: str = "SOCKET"
-    fail_next: list[str] = attrs.field(factory=list)
-    connects: int = 0
-    listener: FeedListener | None = None
-    connected: bool = False
-    ready: bool = True
-    delta: float = 0.0
-
-    @property
-    def account(self) -> str | None:
-        return "DU1"
-
-    def set_listener(self, listener: FeedListener) -> None:
-        self.listener = listener
-
-    async def connect(self) -> None:
-        self.connects += 1
-        if self.fail_next:
-            raise ConnectionRefusedError(self.fail_next.pop(0))
-        self.connected = True
-
-    async def disconnect(self) -> None:
-        self.connected = False
-
-    async def probe(self) -> None:
-        return None
-
-    async def resubscribe(self) -> None:
-        return None
-
-    def snapshot(self, now: datetime) -> list[GreeksRow] | None:
-        if not (self.connected and self.ready):
-            return None
-        self.delta += 1
-        return [GreeksRow(timestamp=now, account="DU1", api_mode="SOCKET", delta=self.delta)]
-
-    def drop(self, reason: str = "socket closed") -> None:
-        self.connected = False
-        assert self.listener is not None
-        self.listener.feed_disconnected(reason)
 
 
 def settings_for(db: TestDatabase, tmp_path: Path, **extra: str) -> Any:

@@ -22,41 +22,15 @@ import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
 from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.sim import Portfolio, TwsSimulator, black_scholes, single_underlying_portfolio
-from ibkr_bridge.sim.portfolio import years_between
-from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
+from ibkr_bridge.sim import Portfolio, TwsSimulator, single_underlying_portfolio
+from ibkr_bridge.testing import TcpProxy, TestDatabase, expected_net_greeks, wait_until
 
 NY = ZoneInfo("America/New_York")
 ACCOUNT = "DU1234567"
 
 
 def expected_net(portfolio: Portfolio, at: datetime) -> dict[str, float]:
-    """Net Greeks recomputed by hand: sum of position x multiplier x per-share Greek."""
-    net = {"delta": 0.0, "gamma": 0.0, "vega": 0.0, "theta": 0.0}
-    for pos in portfolio.positions(ACCOUNT):
-        inst = pos.instrument
-        if inst.sec_type == "STK":
-            net["delta"] += pos.quantity
-            continue
-        assert inst.underlying_conid is not None
-        assert inst.strike is not None
-        assert inst.right is not None
-        expires = inst.expires_at()
-        assert expires is not None
-        g = black_scholes(
-            portfolio.spot(inst.underlying_conid),
-            inst.strike,
-            years_between(at, expires),
-            portfolio.volatility(inst.underlying_conid),
-            portfolio.rate,
-            inst.right,
-        )
-        size = pos.quantity * inst.multiplier
-        net["delta"] += size * g.delta
-        net["gamma"] += size * g.gamma
-        net["vega"] += size * g.vega
-        net["theta"] += size * g.theta
-    return net
+    return expected_net_greeks(portfolio, ACCOUNT, at)
 
 
 @attrs.define

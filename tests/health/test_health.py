@@ -20,74 +20,36 @@ import ibkr_bridge
 from ibkr_bridge.bridge import Bridge
 from ibkr_bridge.clock import FakeClock
 from ibkr_bridge.config import load_settings
-from ibkr_bridge.feed import FeedListener
 from ibkr_bridge.health import HealthServer
 from ibkr_bridge.machines import BreakerState, ConnectionState
 from ibkr_bridge.records import GreeksRow
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
-from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
+from ibkr_bridge.testing import ScriptedFeed, TcpProxy, TestDatabase, wait_until
 
 NY = ZoneInfo("America/New_York")
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
-@attrs.define
-class ScriptedFeed:
-    """Connects or fails as told; each snapshot is a PORTFOLIO row and an SPY row."""
+def two_rows(now: datetime, n: int) -> list[GreeksRow]:
+    """Each snapshot: a PORTFOLIO row and an SPY row whose values grow with n."""
+    k = float(n)
+    common: dict[str, Any] = {"timestamp": now, "account": "DU1", "api_mode": "SOCKET"}
+    return [
+        GreeksRow(
+            **common,
+            delta=10 * k,
+            gamma=0.5 * k,
+            vega=-3 * k,
+            theta=-k,
+            dollar_delta=1000 * k,
+        ),
+        # vega unknown for this underlying: its gauge must be absent, not 0.
+        GreeksRow(**common, contract="SPY", delta=7 * k, gamma=0.25 * k, theta=-0.5 * k),
+    ]
 
-    mode: str = "SOCKET"
-    fail_next: list[str] = attrs.field(factory=list)
-    connects: int = 0
-    listener: FeedListener | None = None
-    connected: bool = False
-    ready: bool = True
-    n: int = 0
 
-    @property
-    def account(self) -> str | None:
-        return "DU1"
-
-    def set_listener(self, listener: FeedListener) -> None:
-        self.listener = listener
-
-    async def connect(self) -> None:
-        self.connects += 1
-        if self.fail_next:
-            raise ConnectionRefusedError(self.fail_next.pop(0))
-        self.connected = True
-
-    async def disconnect(self) -> None:
-        self.connected = False
-
-    async def probe(self) -> None:
-        return None
-
-    async def resubscribe(self) -> None:
-        return None
-
-    def snapshot(self, now: datetime) -> list[GreeksRow] | None:
-        if not (self.connected and self.ready):
-            return None
-        self.n += 1
-        k = float(self.n)
-        common: dict[str, Any] = {"timestamp": now, "account": "DU1", "api_mode": "SOCKET"}
-        return [
-            GreeksRow(
-                **common,
-                delta=10 * k,
-                gamma=0.5 * k,
-                vega=-3 * k,
-                theta=-k,
-                dollar_delta=1000 * k,
-            ),
-            # vega unknown for this underlying: its gauge must be absent, not 0.
-            GreeksRow(**common, contract="SPY", delta=7 * k, gamma=0.25 * k, theta=-0.5 * k),
-        ]
-
-    def drop(self, reason: str = "socket closed") -> None:
-        self.connected = False
-        assert self.listener is not None
-        self.listener.feed_disconnected(reason)
+def scripted(**kwargs: Any) -> ScriptedFeed:
+    return ScriptedFeed(rows=two_rows, **kwargs)
 
 
 @attrs.define
@@ -188,7 +150,7 @@ async def make_world(
 
 @pytest.fixture
 async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[ScriptedWorld]:
-    async with make_world(db, tmp_path, tuesday_afternoon(), ScriptedFeed()) as w:
+    async with make_world(db, tmp_path, tuesday_afternoon(), scripted()) as w:
         yield w
 
 
@@ -274,7 +236,7 @@ async def test_healthz_follows_rows_then_a_long_feed_outage(world: ScriptedWorld
 
 
 async def test_first_row_grace_after_connecting(db: TestDatabase, tmp_path: Path) -> None:
-    async with make_world(db, tmp_path, tuesday_afternoon(), ScriptedFeed(ready=False)) as w:
+    async with make_world(db, tmp_path, tuesday_afternoon(), scripted(ready=False)) as w:
         await w.live()
         grace = w.server.policy.first_row_grace
         await w.clock.advance(grace)
@@ -292,7 +254,7 @@ async def test_first_row_grace_after_connecting(db: TestDatabase, tmp_path: Path
 
 async def test_reset_wait_is_an_expected_wait(db: TestDatabase, tmp_path: Path) -> None:
     clock = FakeClock(start=datetime(2026, 3, 7, 23, 44, 50, tzinfo=NY).astimezone(UTC))
-    async with make_world(db, tmp_path, clock, ScriptedFeed()) as w:
+    async with make_world(db, tmp_path, clock, scripted()) as w:
         await w.live()
         await w.ticks(3)  # 23:45:05 New York: inside the reset window
         assert w.feed.listener is not None

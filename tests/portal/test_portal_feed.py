@@ -39,7 +39,7 @@ from ibkr_bridge.sim.portfolio import (
     single_underlying_portfolio,
     years_between,
 )
-from ibkr_bridge.testing import TestDatabase, wait_until
+from ibkr_bridge.testing import TestDatabase, expected_net_greeks, wait_until
 
 from .test_portal_sim import START, run_for, settle
 
@@ -147,39 +147,7 @@ async def rig(clock: FakeClock) -> AsyncIterator[Rig]:
             await feed.disconnect()
 
 
-def expected_net(
-    portfolio: Portfolio, account: str, at: datetime, symbol: str | None = None
-) -> dict[str, float]:
-    """Net Greeks recomputed by hand from the portfolio with black_scholes."""
-    net = {"delta": 0.0, "gamma": 0.0, "vega": 0.0, "theta": 0.0}
-    for pos in portfolio.positions(account):
-        inst = pos.instrument
-        if symbol is not None and inst.symbol != symbol:
-            continue
-        if inst.is_option:
-            assert inst.strike is not None
-            assert inst.right is not None
-            assert inst.underlying_conid is not None
-            expires = inst.expires_at()
-            assert expires is not None
-            greeks = black_scholes(
-                portfolio.spot(inst.underlying_conid),
-                inst.strike,
-                years_between(at, expires),
-                portfolio.volatility(inst.conid),
-                portfolio.rate,
-                inst.right,
-            )
-            size = pos.quantity * inst.multiplier
-            net["delta"] += size * greeks.delta
-            net["gamma"] += size * greeks.gamma
-            net["vega"] += size * greeks.vega
-            net["theta"] += size * greeks.theta
-        elif inst.sec_type == "FUT":
-            net["delta"] += pos.quantity * inst.multiplier
-        else:
-            net["delta"] += pos.quantity
-    return net
+expected_net = expected_net_greeks
 
 
 def assert_row(row: GreeksRow, net: Mapping[str, float]) -> None:

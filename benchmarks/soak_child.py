@@ -47,7 +47,7 @@ from ibkr_bridge import Bridge, ConnectionState, load_settings
 from ibkr_bridge.bridge import TickInfo
 from ibkr_bridge.clock import FakeClock
 from ibkr_bridge.config import Settings
-from ibkr_bridge.feed import Feed, FeedListener
+from ibkr_bridge.feed import FeedListener
 from ibkr_bridge.portal_feed import PortalFeed
 from ibkr_bridge.records import ApiEvent, GreeksRow
 from ibkr_bridge.sim import PortalSimulator, Portfolio, TwsSimulator, single_underlying_portfolio
@@ -720,17 +720,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-__all__ = [
-    "ACCOUNT",
-    "CALL_NEAR",
-    "MONO0",
-    "POLL",
-    "PUT_NEAR",
-    "ChildConfig",
-    "Fault",
-    "Feed",
-    "schedule",
-    "soak_start",
-]

@@ -1,7 +1,8 @@
 """The fault matrix: one row per fault, each ending with the same invariants.
 
-Every case runs the real Bridge (SOCKET mode) against the IB Gateway simulator and a real
-PostgreSQL behind a TCP proxy on one fake clock (:mod:`tests.faults.harness`): the
+Every case runs the real Bridge against a gateway simulator (IB Gateway for SOCKET, Client
+Portal for PORTAL) and a real PostgreSQL behind a TCP proxy on one fake clock (see
+``harness.py``): the
 scenario injects its fault and checks that the fault really happened (a matrix row that
 never trips anything proves nothing); the harness then recovers and checks nothing was
 lost, duplicated or written wrong and every event reached ``api_logs``.

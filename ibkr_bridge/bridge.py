@@ -270,8 +270,14 @@ class Bridge:
             # The database being down at start is an outage like any other: rows wait
             # in the buffer and the schema is ensured again before the first drain.
             log.warning("database not reachable at start (%s): buffering until it is", exc)
-        self._buffer = JsonlBuffer(s.buffer_path, max_bytes=s.buffer_max_bytes)
-        self._buffer.open()
+        buffer = JsonlBuffer(s.buffer_path, max_bytes=s.buffer_max_bytes)
+        try:
+            buffer.open()
+        except BaseException:
+            # Nothing started yet: leave nothing open behind (stop() sees no buffer).
+            await self._store.close()
+            raise
+        self._buffer = buffer
         self._sink = DurableWriter(
             self._store,
             self._buffer,

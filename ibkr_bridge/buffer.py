@@ -416,6 +416,8 @@ class JsonlBuffer:
             if self._lock_fd is not None:
                 return
             self._notices = []
+            if self.path.exists() and not self.path.is_file():
+                raise BufferFormatError(f"{self.path} exists and is not a regular file")
             if not self.path.parent.exists():
                 self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
             self._lock_fd = self._acquire_lock()

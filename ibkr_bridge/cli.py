@@ -36,7 +36,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TextIO
 
-from .buffer import BufferFormatError, BufferLockedError, JsonlBuffer
+from .buffer import BufferFormatError, BufferLockedError, JsonlBuffer, JsonlBufferError
 from .config import ConfigError, LogFormat, Settings, load_settings
 from .errors import SchemaError, StoreError
 from .logs import configure_logging, redact_secrets
@@ -146,6 +146,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BufferLockedError as exc:
         log.error("%s", exc)
         return EXIT_LOCKED
+    except (OSError, JsonlBufferError) as exc:
+        # e.g. a buffer file that cannot be read or created: one clear line, no traceback.
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
 
 
 # --- check -----------------------------------------------------------------------------

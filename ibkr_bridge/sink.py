@@ -292,6 +292,12 @@ class DurableWriter:
                     detail={"error": str(exc), "path": str(self._buffer.path)},
                 )
             return
+        self._end_refusal_episode()
+        self._buffered += len(batch)
+        self._wake_drain.set()
+
+    def _end_refusal_episode(self) -> None:
+        """Report a refusal episode once records fit again or the buffer drained empty."""
         if self._full_episode:
             self._full_episode = False
             self.log_event(
@@ -301,8 +307,6 @@ class DurableWriter:
                 status="error",
                 detail={"refused_total": self._refused_full},
             )
-        self._buffered += len(batch)
-        self._wake_drain.set()
 
     async def _isolate(self, batch: Sequence[Record]) -> None:
         """A batch PostgreSQL refused as data: write it row by row, reject the bad ones."""
@@ -424,3 +428,6 @@ class DurableWriter:
         if self.breaker.state is BreakerState.HALF_OPEN:
             self.breaker.drained(self._clock.monotonic())
             self._publish_transitions()
+        # Live writes may go straight to the database from now on, so no append would
+        # end a refusal episode: the empty buffer does.
+        self._end_refusal_episode()

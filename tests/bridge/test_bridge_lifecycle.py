@@ -172,3 +172,20 @@ async def test_stop_leaves_no_task_and_logs_shutdown(
     assert b.connection_state is ConnectionState.STOPPED
     assert asyncio.all_tasks() - before == set()
     assert [e["event"] for e in await _events(db)][-1] == "shutdown"
+
+
+async def test_a_failed_start_leaves_nothing_open_and_stop_is_safe(
+    db: TestDatabase, tmp_path: Path, clock: FakeClock
+) -> None:
+    import asyncio
+
+    from ibkr_bridge.buffer import JsonlBufferError
+
+    (tmp_path / "buffer.jsonl").mkdir()  # the buffer path is a directory: cannot open
+    before = asyncio.all_tasks()
+    b = Bridge(settings_for(db, tmp_path), feed=ScriptedFeed(), clock=clock)
+    with pytest.raises(JsonlBufferError, match="not a regular file"):
+        await b.start()
+    await b.stop()  # must not raise
+    assert asyncio.all_tasks() - before == set()
+    assert (tmp_path / "buffer.jsonl").stat().st_mode & 0o777 != 0o600  # left as it was

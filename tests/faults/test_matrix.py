@@ -292,8 +292,6 @@ DATABASE_CASES = [
         env={"BRIDGE_BUFFER_MAX_BYTES": "4K"},
         allow_refusals=True,
         verify=refusals_reported,
-        known_bug="sink.py: a buffer-full episode that ends because PostgreSQL came back "
-        "(no later append) is never reported in api_logs",
         note="refused rows are counted and logged in full; none buffered is deleted",
     ),
     Case(

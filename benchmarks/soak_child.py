@@ -55,8 +55,6 @@ from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT, SPY_CONID
 from ibkr_bridge.socket_feed import SocketFeed
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
-log = logging.getLogger("soak_child")
-
 NY: Final = ZoneInfo("America/New_York")
 ACCOUNT: Final = DEFAULT_ACCOUNT
 POLL: Final = 5.0  # BRIDGE_POLL_INTERVAL, and the simulators' price step

@@ -21,8 +21,12 @@ rows expected (ticks due x rows per tick).
 Baseline, in the same run and the same event loop: a bare loop that does
 ``await asyncio.sleep(deadline - time.monotonic())`` to the very same deadlines (what
 ``SystemClock.sleep_until`` does) and notes how late it woke. That is the floor the
-event loop and the machine give; the bridge's p99 is printed as a ratio of it. There is
-no numeric target for cadence jitter: the figures show whether ticks stay on schedule.
+event loop and the machine give; the bridge's p99 is printed as a ratio of it. Both wake
+in the same loop iteration, one after the other: the script counts the wake-ups where the
+bridge's tick ran first (its work is then inside the baseline's figure);
+``--baseline-offset 2.5`` runs the bare loop half an interval later so they never meet.
+There is no numeric target for cadence jitter: the figures show whether ticks stay on
+schedule.
 
 Exit status 1 when a correctness check failed (rows in the table differ from rows
 submitted, the writer restarted, no tick ran): the figures of that run must not be quoted.

@@ -148,6 +148,9 @@ class _Subscription:
         self.req_id = req_id
 
 
+# How often a probe looks for Gateway traffic while its reqCurrentTime is pending.
+_PROBE_POLL: Final = 0.02
+
 # Contract multipliers are a handful of strings ("", "100", "50"): parse each once, not
 # once per leg per tick.
 _multiplier = functools.lru_cache(maxsize=1024)(multiplier_from)
@@ -183,7 +186,6 @@ class _Session:
         self.lock = asyncio.Lock()
         self.dirty = False
         self.worker: asyncio.Task[None] | None = None
-        self.probe_mark = -1  # messages received as of the last probe (-1: none yet)
         self._attach()
 
     # -- events ---------------------------------------------------------------------------
@@ -641,23 +643,27 @@ class SocketFeed:
         return session
 
     async def probe(self) -> None:
-        """Proof that the Gateway is alive: traffic since the last probe, or a round trip.
+        """Return once the Gateway proves it is alive; hang while it is frozen.
 
-        Any message received since the previous probe proves it, without sending anything:
-        a reqCurrentTime sent while ib_async is throttling its own requests (45 a second;
-        a book of 1,000 legs takes over 20 s to subscribe) would wait behind them and time
-        out though nothing is wrong. With no traffic, one reqCurrentTime must come back
-        (it hangs while the Gateway is frozen). A frozen Gateway is therefore noticed
-        within two probe intervals.
+        One reqCurrentTime is sent, and any message arriving after that proves life as
+        well as its answer does: while ib_async throttles its own requests (45 a second; a
+        book of 1,000 legs takes over 20 s to subscribe) the request waits behind them,
+        but the Gateway's ticks keep coming. A frozen Gateway sends neither, and the
+        Bridge's timeout around this call ends the connection.
         """
         session = self._live_session()
         client = session.ib.client
-        received: int = client._numMsgRecv  # ib_async is pinned to 2.1.0
-        if received != session.probe_mark:
-            session.probe_mark = received
-            return
-        await session.ib.reqCurrentTimeAsync()
-        session.probe_mark = client._numMsgRecv
+        mark: int = client._numMsgRecv  # ib_async is pinned to 2.1.0
+        answer = asyncio.ensure_future(session.ib.reqCurrentTimeAsync())
+        try:
+            while not answer.done():
+                if client._numMsgRecv > mark:
+                    return
+                await asyncio.sleep(_PROBE_POLL)
+            answer.result()
+        finally:
+            if not answer.done():
+                answer.cancel()
 
     async def resubscribe(self) -> None:
         """Re-sync positions, cancel and re-request every market-data stream (after 1101)."""

@@ -38,7 +38,6 @@ from ibkr_bridge.sim.portfolio import (
 )
 from ibkr_bridge.sim.tws import TwsSimulator
 from ibkr_bridge.socket_feed import SocketFeed
-from ibkr_bridge.testing import wait_until
 
 CLIENT_ID = 10
 GUARD = 10.0  # seconds a wait may take before the test is declared hung
@@ -576,9 +575,8 @@ async def test_frozen_gateway_makes_the_probe_hang(clock: FakeClock) -> None:
         connected(sim) as (feed, _),
     ):
         await settle(feed)
-        await feed.probe()  # traffic since connect: alive, nothing sent
         requests = sim.count_requests(49)
-        await feed.probe()  # no traffic since: one reqCurrentTime round trip
+        await feed.probe()  # the answer to reqCurrentTime (or any tick) proves it alive
         assert sim.count_requests(49) == requests + 1
         await sim.freeze()
         with pytest.raises(TimeoutError):
@@ -587,24 +585,26 @@ async def test_frozen_gateway_makes_the_probe_hang(clock: FakeClock) -> None:
         await settle(feed)
 
 
-async def test_probe_trusts_traffic_while_requests_are_throttled(clock: FakeClock) -> None:
-    # A big book subscribes slower than ib_async's 45 requests/s: a reqCurrentTime queued
-    # behind them would time out. Traffic from the Gateway since the last probe proves it
-    # alive without sending anything.
+class _SlowAnswers(TwsSimulator):
+    """Streams ticks but never answers reqCurrentTime, as if the request were stuck behind
+    ib_async's own throttle (a 1,000-leg book takes over 20 s to subscribe)."""
+
+    _handlers = {**TwsSimulator._handlers, 49: TwsSimulator._log_only}
+
+
+async def test_probe_trusts_traffic_while_its_request_waits(clock: FakeClock) -> None:
+    portfolio = single_underlying_portfolio(as_of=clock.now())
     async with (
-        simulator(single_underlying_portfolio(as_of=clock.now()), clock) as sim,
+        simulator(portfolio, clock, cls=_SlowAnswers) as sim,
         connected(sim) as (feed, _),
     ):
         await settle(feed)
-        await feed.probe()
-        await feed.probe()  # the round trip also counts as traffic
-        requests = sim.count_requests(49)
-        client = feed._live_session().ib.client
-        before = client._numMsgRecv
-        await clock.advance(2.0)  # the simulator streams ticks
-        await wait_until(lambda: client._numMsgRecv > before)
-        await asyncio.wait_for(feed.probe(), 0.2)
-        assert sim.count_requests(49) == requests
+        probe = asyncio.ensure_future(feed.probe())
+        await asyncio.sleep(0.1)
+        assert not probe.done()  # no answer, no traffic yet
+        await clock.advance(1.0)  # the Gateway streams ticks: it is alive
+        await asyncio.wait_for(probe, 2.0)
+        assert sim.count_requests(49) >= 1
 
 
 async def test_refused_connection_raises(clock: FakeClock) -> None:

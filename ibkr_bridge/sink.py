@@ -38,7 +38,7 @@ from typing import Any, Final
 
 import attrs
 
-from .buffer import BufferFullError, JsonlBuffer
+from .buffer import JsonlBuffer, JsonlBufferError
 from .clock import Clock, SystemClock
 from .drain import DrainProgress, RejectedFile, drain_buffer
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
@@ -273,7 +273,7 @@ class DurableWriter:
     def _append(self, batch: list[Record]) -> None:
         try:
             self._buffer.append(batch)
-        except (BufferFullError, OSError) as exc:
+        except (JsonlBufferError, OSError) as exc:
             # Documented policy: what is buffered is kept; records that cannot be buffered
             # (size cap reached, disk full, I/O error) are refused, counted, and written in
             # full to the service log, never silently dropped. The episode is reported at

@@ -16,7 +16,6 @@ time is logged as missed, never bunched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 import attrs
 
 from .buffer import JsonlBuffer
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, cancel_and_wait
 from .config import ApiMode, Settings, load_settings
 from .errors import LifecycleError, SchemaError, StoreError
 from .feed import Feed
@@ -231,14 +230,10 @@ class Bridge:
             return
         self._finished = True
         self._stopping.set()
-        if self._run_task is not None and not self._run_task.done():
-            self._run_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._run_task
+        if self._run_task is not None:
+            await cancel_and_wait([self._run_task])
         await self._stop_live_tasks()
-        for task in list(self._side_tasks):
-            task.cancel()
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._side_tasks))
         await self._feed.disconnect()
         if self._machine.can("stop"):
             self._machine.stop(self._clock.monotonic(), self._clock.now())
@@ -363,7 +358,8 @@ class Bridge:
             "connect", f"connecting to IBKR ({self._mode}), attempt {attempt}", detail=detail
         )
         try:
-            await asyncio.wait_for(self._feed.connect(), self.settings.connect_timeout)
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await self._feed.connect()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -408,10 +404,7 @@ class Bridge:
         self._publish()
 
     async def _stop_live_tasks(self) -> None:
-        tasks = [t for t in (self._writer_task, self._probe_task) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([t for t in (self._writer_task, self._probe_task) if t is not None])
         self._writer_task = self._probe_task = None
 
     # -- FeedListener ------------------------------------------------------------------
@@ -461,7 +454,8 @@ class Bridge:
         while True:
             await self._clock.sleep(interval)
             try:
-                await asyncio.wait_for(self._feed.probe(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._feed.probe()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

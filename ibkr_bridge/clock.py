@@ -13,7 +13,7 @@ import heapq
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -127,3 +127,19 @@ async def _settle(rounds: int = 20) -> None:
     # Let woken tasks run until they block again on something else.
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]] | list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has finished.
+
+    Cancels again while any is still running: on Python 3.11 ``asyncio.wait_for`` (in our
+    code or a library's) can swallow a cancel that lands as its inner call completes.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is stopping them, not awaiting results

@@ -12,7 +12,6 @@ committed so far kept.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -97,9 +96,10 @@ async def drain_buffer(
                 reading = asyncio.create_task(asyncio.to_thread(buffer.read_raw_batch, batch_size))
     finally:
         if not reading.done():
+            # The thread itself finishes its read in the background (threads cannot be
+            # cancelled); asyncio.wait never raises, so no cancel of ours is swallowed.
             reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
+            await asyncio.wait([reading])
 
 
 async def _write(store: Store, lines: list[dict[str, Any]], reject: Reject | None) -> int:

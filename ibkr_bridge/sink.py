@@ -39,7 +39,7 @@ from typing import Any, Final
 import attrs
 
 from .buffer import JsonlBuffer, JsonlBufferError
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, cancel_and_wait
 from .drain import DrainProgress, RejectedFile, drain_buffer
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
 from .machines.breaker import BreakerState, CircuitBreaker
@@ -120,9 +120,7 @@ class DurableWriter:
         await self.flush()
         self._running = False
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._stragglers:
             await asyncio.gather(*self._stragglers, return_exceptions=True)
 
@@ -178,6 +176,11 @@ class DurableWriter:
         )
         level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[status]
         log.log(level, "%s: %s", event, message)
+        if self._stopped:
+            # Nothing is written after stop(); the service log has it.
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
         for listener in self._listeners:
             try:
                 listener(record)
@@ -264,7 +267,8 @@ class DurableWriter:
 
     def _straggler_done(self, task: asyncio.Task[None]) -> None:
         self._stragglers.discard(task)
-        if task.cancelled():
+        if task.cancelled() or self._stopped:
+            # Stopped: its batch is already in the buffer; the next run drains it.
             return
         exc = task.exception()
         if isinstance(exc, TransientStoreError):

@@ -251,7 +251,8 @@ class Store:
             return
         self._closed = True
         try:
-            await asyncio.wait_for(self._pool.close(), timeout=self._command_timeout)
+            async with asyncio.timeout(self._command_timeout):
+                await self._pool.close()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             self._pool.terminate()
 
@@ -301,7 +302,10 @@ class Store:
         conn: asyncpg.Connection | None = None
         try:
             async with asyncio.timeout(self._acquire_timeout + self._command_timeout):
-                conn = await asyncio.wait_for(self._pool.acquire(), self._acquire_timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+                # that lands as the inner call completes, and stop() would wait forever.
+                async with asyncio.timeout(self._acquire_timeout):
+                    conn = await self._pool.acquire()
                 async with asyncio.timeout(self._command_timeout):
                     result = await op(conn)
         except BaseException as exc:
@@ -322,7 +326,8 @@ class Store:
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         try:
-            await asyncio.wait_for(self._pool.release(conn), timeout=self._command_timeout)
+            async with asyncio.timeout(self._command_timeout):
+                await self._pool.release(conn)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             _terminate(conn)
 

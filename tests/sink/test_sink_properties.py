@@ -25,8 +25,8 @@ exactly once, in acknowledgement order, and nothing else. Rows carry determinist
 their sequence number in ``delta``. Each example runs on a fresh event loop, proxy and
 buffer directory; the tables are truncated between examples.
 
-Two known sink bugs the property does not reach reliably are pinned by strict xfail tests
-at the end of the file.
+Two sink bugs the property does not reach reliably (both fixed) are pinned by regression
+tests at the end of the file.
 """
 
 from __future__ import annotations
@@ -494,11 +494,6 @@ def test_outages_restarts_and_crashes_keep_every_row_once_in_order_deep(
 # -- known bugs: deterministic reproductions --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (sink.py): a spilled live write that fails while stop() waits for it "
-    "trips the breaker from a done-callback; log_event -> submit raises LifecycleError there",
-)
 async def test_stop_with_a_spilled_write_in_flight_raises_nothing_into_the_loop(
     db: TestDatabase, tmp_path: Path
 ) -> None:
@@ -542,12 +537,6 @@ class _StopOnAcquire:
         return conn
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (store.py/sink.py on Python 3.11): asyncio.wait_for in Store._run "
-    "swallows stop()'s cancel when pool.acquire() has just completed; the drain task lives "
-    "on and stop() never returns",
-)
 async def test_stop_during_a_drain_returns(db: TestDatabase, tmp_path: Path) -> None:
     path = tmp_path / "buffer.jsonl"
     with JsonlBuffer(path) as leftover:  # rows an earlier run left: the drain starts at once

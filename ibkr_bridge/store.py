@@ -1,11 +1,13 @@
 """PostgreSQL writes: the live path and the buffer drain share one COPY-based path.
 
 A batch of records (Greeks rows and api_logs events, in order) is written in one
-transaction: COPY into per-connection temporary tables, then one
-``INSERT ... SELECT ... ORDER BY seq ON CONFLICT (bridge_key) DO NOTHING`` per table. The
-idempotency key makes a replay (a buffer line drained twice after a crash, or a commit
-retried because its reply was lost) a no-op, so the live path and the drain can both be
-at-least-once.
+transaction. First optimistically: COPY straight into the tables. If any key is already
+there (a replay: a buffer line drained twice after a crash, a commit retried because its
+reply was lost, a spilled batch whose slow write committed after all), that COPY fails as a
+whole and a savepoint undoes it; then the batch goes through per-connection temporary
+tables and one ``INSERT ... SELECT ... ORDER BY seq ON CONFLICT (bridge_key) DO NOTHING``
+per table. Either way a replay is a no-op, so the live path and the drain can both be
+at-least-once, and the common case costs no more than a plain COPY.
 
 Every call runs under a deadline: asyncpg's COPY from an in-memory source can wait
 forever when the backend dies mid-COPY, and a black-holed server never answers at all.
@@ -283,6 +285,26 @@ class Store:
 
         async def tx(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
+                # Optimistic first: COPY straight into the tables, as fast as COPY gets.
+                # A replayed key makes it fail as a whole (a savepoint undoes just that);
+                # then the temp-table path below inserts what is new and skips replays.
+                try:
+                    async with conn.transaction():
+                        if greeks:
+                            await conn.copy_records_to_table(
+                                GREEKS_TABLE,
+                                records=[g[1:] for g in greeks],
+                                columns=GREEKS_COPY_COLUMNS[1:],
+                            )
+                        if events:
+                            await conn.copy_records_to_table(
+                                EVENTS_TABLE,
+                                records=[e[1:] for e in events],
+                                columns=EVENTS_COPY_COLUMNS[1:],
+                            )
+                    return
+                except asyncpg.UniqueViolationError:
+                    pass
                 if greeks:
                     await conn.copy_records_to_table(
                         "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS

@@ -35,7 +35,8 @@ brings the proxy up and measures, from "up", with ``BRIDGE_RETRY_INTERVAL`` =
   bounded by the retry interval (reported apart, it is configuration, not work);
 - from that ``HALF_OPEN`` to ``-> CLOSED``, which the breaker enters only when the drain
   found the buffer empty (checked at that moment): the drain (schema check, reconnecting,
-  reading, COPY + INSERT ... ON CONFLICT, cursor commits), with its rows/s;
+  then ``drain_buffer``: read, decode, one transaction per batch, cursor commits), with its
+  records/s;
 - the total, up -> CLOSED with the buffer empty.
 
 Every part prints a line per repeat and a ``median over ...`` line. Exit status 1 when a

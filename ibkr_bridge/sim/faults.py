@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Protocol
@@ -96,7 +96,12 @@ class FaultTarget(Protocol):
     def set_spot(self, conid: int, price: float) -> None: ...
 
 
-def _check_step(index: int, raw: Any) -> FaultStep:
+ParamSpec = Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]
+
+
+def validate_step(index: int, raw: Any, spec_table: ParamSpec) -> tuple[float, str, dict[str, Any]]:
+    """The checks every simulator's fault scripts share: ``at``, a known ``fault`` name,
+    parameters of the declared types, required ones present. Returns (at, fault, params)."""
     where = f"step {index}"
     if not isinstance(raw, Mapping):
         raise FaultScriptError(f"{where}: expected an object, got {raw!r}")
@@ -104,9 +109,9 @@ def _check_step(index: int, raw: Any) -> FaultStep:
     if isinstance(at, bool) or not isinstance(at, _NUM) or not math.isfinite(at) or at < 0:
         raise FaultScriptError(f"{where}: 'at' must be seconds >= 0, got {at!r}")
     name = raw.get("fault")
-    if not isinstance(name, str) or name not in _SPEC:
-        raise FaultScriptError(f"{where}: unknown fault {name!r}; known: {', '.join(_SPEC)}")
-    spec = _SPEC[name]
+    if not isinstance(name, str) or name not in spec_table:
+        raise FaultScriptError(f"{where}: unknown fault {name!r}; known: {', '.join(spec_table)}")
+    spec = spec_table[name]
     params = {k: v for k, v in raw.items() if k not in ("at", "fault", "_comment")}
     for key, value in params.items():
         if key not in spec:
@@ -119,29 +124,45 @@ def _check_step(index: int, raw: Any) -> FaultStep:
     for key, (_, required) in spec.items():
         if required and params.get(key) is None:
             raise FaultScriptError(f"{where}: {name} needs {key!r}")
+    return float(at), name, params
+
+
+def _check_step(index: int, raw: Any) -> FaultStep:
+    at, name, params = validate_step(index, raw, _SPEC)
+    where = f"step {index}"
     if name == "daily_reset" and "kind" in params:
         params["kind"] = str(params["kind"])
         if params["kind"] not in RESET_KINDS:
             raise FaultScriptError(f"{where}: daily_reset kind must be 1101 or 1102")
     if name == "sentinel_greeks" and params["mode"] not in SENTINEL_MODES:
         raise FaultScriptError(f"{where}: sentinel mode must be one of {SENTINEL_MODES}")
-    return FaultStep(float(at), name, MappingProxyType(params))
+    return FaultStep(at, name, MappingProxyType(params))
 
 
-def parse_fault_script(data: Any) -> tuple[FaultStep, ...]:
-    """Validate a decoded script (a list of steps) and sort it by ``at``."""
+def parse_steps(data: Any, check: Callable[[int, Any], FaultStep]) -> tuple[FaultStep, ...]:
+    """Validate a decoded script (a list of steps) with ``check`` and sort it by ``at``."""
     if not isinstance(data, Sequence) or isinstance(data, str | bytes):
         raise FaultScriptError("a fault script is a list of steps")
-    steps = [_check_step(i, raw) for i, raw in enumerate(data)]
+    steps = [check(i, raw) for i, raw in enumerate(data)]
     return tuple(sorted(steps, key=lambda s: s.at))
 
 
-def load_fault_script(path: str | Path) -> tuple[FaultStep, ...]:
+def load_steps(path: str | Path, check: Callable[[int, Any], FaultStep]) -> tuple[FaultStep, ...]:
+    """Read a JSON fault script file and validate it with ``check``."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise FaultScriptError(f"{path}: {exc}") from exc
-    return parse_fault_script(data)
+    return parse_steps(data, check)
+
+
+def parse_fault_script(data: Any) -> tuple[FaultStep, ...]:
+    """Validate a decoded IB Gateway script (a list of steps) and sort it by ``at``."""
+    return parse_steps(data, _check_step)
+
+
+def load_fault_script(path: str | Path) -> tuple[FaultStep, ...]:
+    return load_steps(path, _check_step)
 
 
 async def apply_fault(target: FaultTarget, step: FaultStep) -> None:

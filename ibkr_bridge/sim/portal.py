@@ -42,7 +42,13 @@ from aiohttp import web
 from attrs import field, frozen
 
 from ibkr_bridge.clock import Clock, SystemClock
-from ibkr_bridge.sim.faults import FaultScriptError, FaultStep
+from ibkr_bridge.sim.faults import (
+    FaultScriptError,
+    FaultStep,
+    load_steps,
+    parse_steps,
+    validate_step,
+)
 from ibkr_bridge.sim.portfolio import NEW_YORK, Instrument, Portfolio, Position
 from ibkr_bridge.sim.tls import CertPair, generate_self_signed
 
@@ -1123,30 +1129,8 @@ PORTAL_FAULTS: Final = tuple(_PORTAL_SPEC)
 
 
 def _check_step(index: int, raw: Any) -> FaultStep:
+    at, name, params = validate_step(index, raw, _PORTAL_SPEC)
     where = f"step {index}"
-    if not isinstance(raw, Mapping):
-        raise FaultScriptError(f"{where}: expected an object, got {raw!r}")
-    at = raw.get("at")
-    if isinstance(at, bool) or not isinstance(at, _NUM) or not math.isfinite(at) or at < 0:
-        raise FaultScriptError(f"{where}: 'at' must be seconds >= 0, got {at!r}")
-    name = raw.get("fault")
-    if not isinstance(name, str) or name not in _PORTAL_SPEC:
-        raise FaultScriptError(
-            f"{where}: unknown fault {name!r}; known: {', '.join(PORTAL_FAULTS)}"
-        )
-    spec = _PORTAL_SPEC[name]
-    params = {k: v for k, v in raw.items() if k not in ("at", "fault", "_comment")}
-    for key, value in params.items():
-        if key not in spec:
-            raise FaultScriptError(f"{where}: {name} takes no parameter {key!r}")
-        types, _ = spec[key]
-        if value is not None and (
-            not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        ):
-            raise FaultScriptError(f"{where}: {name}.{key} has the wrong type: {value!r}")
-    for key, (_, required) in spec.items():
-        if required and params.get(key) is None:
-            raise FaultScriptError(f"{where}: {name} needs {key!r}")
     if name == "sentinel_greeks":
         if params.get("mode", "missing") not in SENTINEL_MODES:
             raise FaultScriptError(f"{where}: sentinel mode must be one of {SENTINEL_MODES}")
@@ -1155,23 +1139,16 @@ def _check_step(index: int, raw: Any) -> FaultStep:
             isinstance(c, int) and not isinstance(c, bool) for c in conids
         ):
             raise FaultScriptError(f"{where}: sentinel_greeks.conids must be integers")
-    return FaultStep(float(at), name, MappingProxyType(params))
+    return FaultStep(at, name, MappingProxyType(params))
 
 
 def parse_portal_fault_script(data: Any) -> tuple[FaultStep, ...]:
     """Validate a decoded script (``[{"at": s, "fault": name, ...}]``), sorted by ``at``."""
-    if not isinstance(data, Sequence) or isinstance(data, str | bytes):
-        raise FaultScriptError("a fault script is a list of steps")
-    steps = [_check_step(i, raw) for i, raw in enumerate(data)]
-    return tuple(sorted(steps, key=lambda s: s.at))
+    return parse_steps(data, _check_step)
 
 
 def load_portal_fault_script(path: str | Path) -> tuple[FaultStep, ...]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FaultScriptError(f"{path}: {exc}") from exc
-    return parse_portal_fault_script(data)
+    return load_steps(path, _check_step)
 
 
 def _opt(value: Any) -> float | None:

@@ -25,6 +25,7 @@ def redact_secrets(text: str) -> str:
 
 
 _RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+_CACHED: Final = frozenset({"message", "asctime"})
 
 
 class RedactingFilter(logging.Filter):
@@ -38,19 +39,30 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """The readable format; the whole line (traceback included) passes the redaction."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_secrets(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, plus ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+            key: value
+            for key, value in vars(record).items()
+            # "message"/"asctime" may be cached there by another handler's formatter, from
+            # before our filter redacted the record: never copy them.
+            if key not in _RESERVED and key not in _CACHED and not key.startswith("_")
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+        entry.update(
+            time=datetime.fromtimestamp(record.created, UTC).isoformat(),
+            level=record.levelname.lower(),
+            logger=record.name,
+            message=record.getMessage(),
+        )
         if record.exc_info:
             entry["exception"] = redact_secrets(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, separators=(",", ":"))

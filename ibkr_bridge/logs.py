@@ -77,7 +77,7 @@ def configure_logging(
     if fmt is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.set_name("ibkr-bridge")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "ibkr-bridge"]:

@@ -372,9 +372,9 @@ async def frozen_gateway(w: World) -> None:
     await w.data_ready()
     await w.ticks(1)
     await w.sim.freeze(None)  # the socket stays open, nothing is answered
-    # Traffic since the last probe counts as a sign of life, so the freeze is noticed
-    # within two probe intervals (15 s each; the probe's own timeout is 0.5 s real time).
-    await w.advance_until(lambda: w.state is not ConnectionState.LIVE, limit=30.0, settle=1.0)
+    # The next probe's reqCurrentTime goes unanswered and no other traffic arrives, so the
+    # freeze is noticed within one probe interval (15 s; the probe's timeout is 0.5 s real).
+    await w.advance_until(lambda: w.state is not ConnectionState.LIVE, limit=15.0, settle=1.0)
     assert w.state is ConnectionState.BACKOFF
     lost = connection_events(w, "disconnect")
     assert lost, "no disconnect logged"

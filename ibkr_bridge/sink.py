@@ -92,7 +92,6 @@ class DurableWriter:
         self._stragglers: set[asyncio.Task[None]] = set()
         self._pending: set[asyncio.Future[None]] = set()
         self._rejected_file = RejectedFile(buffer.path)
-        self._rejected_path = self._rejected_file.path
         self._running = False
         self._stopped = False
         self._full_episode = False
@@ -331,11 +330,12 @@ class DurableWriter:
         self._rejected += 1
         self._rejected_file(line, error)
         key = json.loads(line).get("key")
+        path = self._rejected_file.path
         self.log_event(
             "rejected",
-            f"PostgreSQL refused a record as data; kept in {self._rejected_path.name}: {error}",
+            f"PostgreSQL refused a record as data; kept in {path.name}: {error}",
             status="error",
-            detail={"key": key, "error": error, "file": str(self._rejected_path)},
+            detail={"key": key, "error": error, "file": str(path)},
         )
 
     # -- the breaker ------------------------------------------------------------------

@@ -59,6 +59,7 @@ from ibkr_bridge.sim import (
     single_underlying_portfolio,
 )
 from ibkr_bridge.sim.portfolio import years_between
+from ibkr_bridge.store import GREEKS_COPY_COLUMNS
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
 NY: Final = ZoneInfo("America/New_York")
@@ -68,20 +69,8 @@ START: Final = datetime(2026, 3, 10, 14, 0, tzinfo=NY)
 POLL: Final = 5.0
 REFUSED_PREFIX: Final = "buffer full, refused: "
 GREEK_COLUMNS: Final = ("delta", "gamma", "vega", "theta")
-ROW_COLUMNS: Final = (
-    "timestamp",
-    "contract",
-    "delta",
-    "gamma",
-    "vega",
-    "theta",
-    "underlying_price",
-    "dollar_delta",
-    "account",
-    "api_mode",
-    "legs",
-    "legs_missing",
-)
+# The row's columns as the store writes them (without its sequence and idempotency key).
+ROW_COLUMNS: Final = GREEKS_COPY_COLUMNS[1:-1]
 _SENTINELS: Final = (-1.0, -2.0, 1.7976931348623157e308)
 
 

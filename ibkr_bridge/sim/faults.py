@@ -41,14 +41,10 @@ class FaultScriptError(ValueError):
 
 # Per fault: parameter name → (accepted Python types, required?)
 _NUM = (int, float)
-_SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] = {
-    "restart": {"downtime": (_NUM, False), "stale_ids": (_NUM, False)},
-    "port_reset": {},
-    "daily_reset": {"kind": ((str, int), False), "outage": (_NUM, False)},
-    "refuse": {"seconds": (_NUM, False)},
-    "freeze": {"seconds": (_NUM, False)},
-    "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False)},
-    "sentinel_greeks": {"mode": ((str,), True), "seconds": (_NUM, False)},
+# fault name -> parameter -> (accepted types, required)
+ParamSpec = Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]
+# Faults on the shared portfolio model, the same for every simulator.
+PORTFOLIO_FAULTS: Final[ParamSpec] = {
     "set_position": {
         "account": ((str,), True),
         "conid": ((int,), True),
@@ -57,6 +53,16 @@ _SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] = {
     },
     "remove_position": {"account": ((str,), True), "conid": ((int,), True)},
     "set_spot": {"conid": ((int,), True), "price": (_NUM, True)},
+}
+_SPEC: Final[ParamSpec] = {
+    "restart": {"downtime": (_NUM, False), "stale_ids": (_NUM, False)},
+    "port_reset": {},
+    "daily_reset": {"kind": ((str, int), False), "outage": (_NUM, False)},
+    "refuse": {"seconds": (_NUM, False)},
+    "freeze": {"seconds": (_NUM, False)},
+    "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False)},
+    "sentinel_greeks": {"mode": ((str,), True), "seconds": (_NUM, False)},
+    **PORTFOLIO_FAULTS,
 }
 FAULT_NAMES: Final = tuple(_SPEC)
 
@@ -94,9 +100,6 @@ class FaultTarget(Protocol):
     def remove_position(self, account: str, conid: int) -> object: ...
 
     def set_spot(self, conid: int, price: float) -> None: ...
-
-
-ParamSpec = Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]
 
 
 def validate_step(index: int, raw: Any, spec_table: ParamSpec) -> tuple[float, str, dict[str, Any]]:

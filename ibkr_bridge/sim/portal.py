@@ -43,6 +43,7 @@ from attrs import field, frozen
 
 from ibkr_bridge.clock import Clock, SystemClock
 from ibkr_bridge.sim.faults import (
+    PORTFOLIO_FAULTS,
     FaultScriptError,
     FaultStep,
     load_steps,
@@ -1116,14 +1117,7 @@ _PORTAL_SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] =
         "conids": ((list,), False),
     },
     "clear_faults": {},
-    "set_position": {
-        "account": ((str,), True),
-        "conid": ((int,), True),
-        "quantity": (_NUM, True),
-        "avg_cost": (_NUM, False),
-    },
-    "remove_position": {"account": ((str,), True), "conid": ((int,), True)},
-    "set_spot": {"conid": ((int,), True), "price": (_NUM, True)},
+    **PORTFOLIO_FAULTS,
 }
 PORTAL_FAULTS: Final = tuple(_PORTAL_SPEC)
 

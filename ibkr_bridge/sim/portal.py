@@ -42,6 +42,7 @@ from aiohttp import web
 from attrs import field, frozen
 
 from ibkr_bridge.clock import Clock, SystemClock
+from ibkr_bridge.sim._tasks import BackgroundTasks
 from ibkr_bridge.sim.faults import (
     PORTFOLIO_FAULTS,
     FaultScriptError,
@@ -241,7 +242,7 @@ class PortalSimulator:
         self.user_name = user_name
         self._faults = tuple(faults)
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log)
         self._closing = asyncio.Event()
         self._running = False
         self._started_at = 0.0
@@ -332,7 +333,7 @@ class PortalSimulator:
         self._sso_login_wall = self._clock.now()
         self._schedule_nightly()
         if self.walk_interval is not None:
-            self._spawn(self._walk_loop(self.walk_interval))
+            self._tasks.spawn(self._walk_loop(self.walk_interval))
         if self._faults:
             self.run_faults(self._faults)
         log.info("Client Portal simulator listening on %s", self.url)
@@ -353,10 +354,7 @@ class PortalSimulator:
             return
         self._running = False
         self._closing.set()  # frozen and slow handlers give up
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -377,20 +375,6 @@ class PortalSimulator:
     ) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        async def run() -> None:
-            await coro
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("simulator task failed", exc_info=task.exception())
-
     async def _walk_loop(self, interval: float) -> None:
         while True:
             await self._clock.sleep(interval)
@@ -398,7 +382,7 @@ class PortalSimulator:
 
     def run_faults(self, steps: Iterable[FaultStep]) -> asyncio.Task[None]:
         """Run a fault script (see :func:`parse_portal_fault_script`) on the simulator clock."""
-        return self._spawn(run_portal_fault_script(self, tuple(steps), self._clock))
+        return self._tasks.spawn(run_portal_fault_script(self, tuple(steps), self._clock))
 
     # -- introspection --------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import math
 import random
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
@@ -30,6 +30,7 @@ from attrs import frozen
 
 from ibkr_bridge.clock import Clock, SystemClock
 from ibkr_bridge.sim import tws_codec as wire
+from ibkr_bridge.sim._tasks import BackgroundTasks
 from ibkr_bridge.sim.faults import (
     RESET_KINDS,
     SENTINEL_MODES,
@@ -179,7 +180,7 @@ class TwsSimulator:
         self._conn_seq = 0
         self._requests: deque[RequestRecord] = deque(maxlen=request_log_size)
         self._request_signal = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log)
         self._unsubscribe: Callable[[], None] | None = None
         self._closes: dict[int, float] = {}
         self._volume: dict[int, float] = {}
@@ -216,7 +217,7 @@ class TwsSimulator:
                 self._closes[inst.conid] = self.portfolio.price(inst.conid)
         self._unsubscribe = self.portfolio.subscribe(self._on_position_change)
         await self._listen()
-        self._spawn(self._stream_loop())
+        self._tasks.spawn(self._stream_loop())
         if self._faults:
             self.run_faults(self._faults)
         log.info("TWS simulator listening on %s:%d", self.host, self._port)
@@ -229,10 +230,7 @@ class TwsSimulator:
             self._unsubscribe()
             self._unsubscribe = None
         self._close_listener()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         handlers = []
         for conn in list(self._conns.values()):
             # abort, not close: a client that stopped reading must not keep us waiting.
@@ -273,23 +271,9 @@ class TwsSimulator:
             self._server.close()
             self._server = None
 
-    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        async def run() -> None:
-            await coro
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("simulator task failed", exc_info=task.exception())
-
     def run_faults(self, steps: Iterable[FaultStep]) -> asyncio.Task[None]:
         """Run a fault script on the simulator clock, starting now."""
-        return self._spawn(run_fault_script(self, tuple(steps), self._clock))
+        return self._tasks.spawn(run_fault_script(self, tuple(steps), self._clock))
 
     # -- introspection --------------------------------------------------------------------
 
@@ -421,7 +405,7 @@ class TwsSimulator:
             if self._gen["outage"] == gen:
                 self._end_outage(kind)
 
-        self._spawn(restore())
+        self._tasks.spawn(restore())
 
     def _end_outage(self, kind: str) -> None:
         self._outage = False
@@ -446,7 +430,7 @@ class TwsSimulator:
                 if self._gen["refuse"] == gen:
                     await self.accept_connections()
 
-            self._spawn(reopen())
+            self._tasks.spawn(reopen())
 
     async def accept_connections(self) -> None:
         """End :meth:`refuse`: listen again on the same port."""
@@ -472,7 +456,7 @@ class TwsSimulator:
                 if self._gen["freeze"] == gen:
                     await self.unfreeze()
 
-            self._spawn(thaw())
+            self._tasks.spawn(thaw())
 
     async def unfreeze(self) -> None:
         self._gen["freeze"] += 1
@@ -513,7 +497,7 @@ class TwsSimulator:
                 if self._gen["sentinel"] == gen:
                     self.clear_sentinel_greeks()
 
-            self._spawn(clear())
+            self._tasks.spawn(clear())
 
     def clear_sentinel_greeks(self) -> None:
         self._gen["sentinel"] += 1

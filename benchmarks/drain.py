@@ -38,11 +38,14 @@ from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postg
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)
 
 
-def make_rows(start: int, count: int) -> list[GreeksRow]:
+def make_rows(
+    start: int, count: int, *, base: datetime = T0, account: str = "DU1234567"
+) -> list[GreeksRow]:
+    """Rows ``start .. start+count-1`` of a 5-second series (the benchmarks' test data)."""
     return [
         GreeksRow(
-            timestamp=T0 + timedelta(seconds=5 * i),
-            account="DU1234567",
+            timestamp=base + timedelta(seconds=5 * i),
+            account=account,
             api_mode="SOCKET",
             delta=1234.5 + i * 0.001,
             gamma=12.25,

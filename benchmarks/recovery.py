@@ -65,6 +65,7 @@ import attrs
 
 # The sibling script (its directory is sys.path[0] when a script runs): shared helpers.
 from cadence import SimProcess, load_average, socket_simulator_args
+from drain import make_rows
 
 from ibkr_bridge.bridge import Bridge
 from ibkr_bridge.config import load_settings
@@ -282,23 +283,7 @@ class Recovery:
 
 
 def bench_rows(repeat: int, start: int, count: int) -> list[GreeksRow]:
-    base = T0 + timedelta(days=repeat)
-    return [
-        GreeksRow(
-            timestamp=base + timedelta(seconds=5 * i),
-            account=BENCH_ACCOUNT,
-            api_mode="SOCKET",
-            delta=1234.5 + i * 0.001,
-            gamma=12.25,
-            vega=-3456.75,
-            theta=-987.125,
-            underlying_price=512.34,
-            dollar_delta=632_000.0,
-            legs=40,
-            legs_missing=0,
-        )
-        for i in range(start, start + count)
-    ]
+    return make_rows(start, count, base=T0 + timedelta(days=repeat), account=BENCH_ACCOUNT)
 
 
 async def one_recovery(

@@ -131,6 +131,15 @@ class SimProcess:
         self.proc.stdin.write(command.encode() + b"\n")
         await self.proc.stdin.drain()
 
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU time of the simulator so far (Linux /proc), or None."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def stop(self) -> None:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -157,8 +166,9 @@ async def _collect(stream: asyncio.StreamReader, tail: deque[str]) -> None:
         tail.append(line.decode(errors="replace"))
 
 
-def socket_simulator_args(log_level: str = "WARNING") -> list[str]:
-    """``python -m ibkr_bridge.sim socket --port 0`` with its built-in demo book."""
+def socket_simulator_args(log_level: str = "WARNING", *extra: str) -> list[str]:
+    """``python -m ibkr_bridge.sim socket --port 0`` (the built-in demo book unless
+    ``extra`` names a ``--portfolio``), plus any other ``extra`` socket options."""
     return [
         sys.executable,
         "-m",
@@ -170,6 +180,7 @@ def socket_simulator_args(log_level: str = "WARNING") -> list[str]:
         "0",
         "--seed",
         "1",
+        *extra,
     ]
 
 

@@ -47,20 +47,19 @@ import asyncio
 import json
 import logging
 import math
-import os
-import re
 import resource
-import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
+
+# The sibling script (its directory is sys.path[0] when a script runs): shared helpers.
+from cadence import SimProcess, socket_simulator_args
 
 from ibkr_bridge.bridge import Bridge, TickInfo
 from ibkr_bridge.config import load_settings
@@ -69,7 +68,6 @@ from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postg
 ACCOUNT: Final = "DU1234567"
 TARGET_P99_MS: Final = 10.0
 TARGET_CPU_PCT: Final = 2.0
-_PORT_LINE: Final = re.compile(r"simulator (?:on|listening on) \S+?:(\d+)")
 
 
 # -- the portfolio -------------------------------------------------------------------------
@@ -121,85 +119,6 @@ def book(legs: int, underlyings: int) -> dict[str, Any]:
 
 
 # -- the simulator subprocess --------------------------------------------------------------
-
-
-class Simulator:
-    """``python -m ibkr_bridge.sim socket`` in a subprocess, on a port it picks itself."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, tail: deque[str]) -> None:
-        self.proc = proc
-        self.port = port
-        self._tail = tail
-        self._reader: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def start(cls, portfolio: Path, tick_interval: float, timeout: float) -> Simulator:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ibkr_bridge.sim",
-            "--log-level",
-            "INFO",
-            "socket",
-            "--port",
-            "0",
-            "--portfolio",
-            str(portfolio),
-            "--seed",
-            "1",
-            "--tick-interval",
-            str(tick_interval),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        tail: deque[str] = deque(maxlen=20)
-        try:
-            port = await asyncio.wait_for(cls._read_port(proc.stderr, tail), timeout)
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
-        sim = cls(proc, port, tail)
-        # Keep reading its log so that a full pipe never blocks the simulator.
-        sim._reader = asyncio.create_task(sim._drain(proc.stderr))
-        return sim
-
-    @staticmethod
-    async def _read_port(stream: asyncio.StreamReader, tail: deque[str]) -> int:
-        while True:
-            line = (await stream.readline()).decode(errors="replace")
-            if not line:
-                raise RuntimeError("the simulator exited:\n" + "".join(tail))
-            tail.append(line)
-            found = _PORT_LINE.search(line)
-            if found:
-                return int(found.group(1))
-
-    async def _drain(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self._tail.append(line.decode(errors="replace"))
-
-    def cpu_seconds(self) -> float | None:
-        """User+system CPU time of the simulator so far (Linux /proc), or None."""
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
 
 
 # -- one phase -----------------------------------------------------------------------------
@@ -283,7 +202,12 @@ async def run_phase(
     legs = len(portfolio["positions"])
     path = workdir / f"{name}-portfolio.json"
     path.write_text(json.dumps(portfolio))
-    sim = await Simulator.start(path, args.sim_tick_interval, args.startup_timeout)
+    sim = await SimProcess.start(
+        socket_simulator_args(
+            "WARNING", "--portfolio", str(path), "--tick-interval", str(args.sim_tick_interval)
+        ),
+        args.startup_timeout,
+    )
     try:
         async with TestDatabase.create(server) as db:
             settings = load_settings(

@@ -225,7 +225,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_buffer_status(args: argparse.Namespace) -> int:
-    from .doctor import inspect_buffer, render_buffer_status
+    from .buffer import inspect_buffer
+    from .doctor import render_buffer_status
 
     settings = _settings_or_exit(args)
     if isinstance(settings, int):

@@ -1,9 +1,17 @@
 """Typed, validated settings read from the environment and an optional ``.env`` file.
 
 Every setting is declared once, as an attrs field carrying a :class:`SettingKey` (variable
-name, type description, default as written in ``.env``, one-line meaning). From those
-declarations come the loader, ``docs/configuration.md`` and ``.env.example``, so the three
-cannot drift apart (a test compares the committed files with freshly generated ones).
+name, type description, default as written in ``.env``, one-line meaning, and its limits:
+``bounds`` for a number, ``max_length`` for the raw text). From those declarations come the
+loader, ``docs/configuration.md`` and ``.env.example``, so the three cannot drift apart (a
+test compares the committed files with freshly generated ones).
+
+Limits are data on the declaration: ``_setting(..., bounds=Bounds(0.1, 3600, "s"))`` for
+a number (a test fails for any numeric setting without bounds), ``max_length=N`` for text
+(default DEFAULT_MAX_LENGTH). Every value's raw text is refused when it is longer than its
+``max_length`` or holds a control character, before any parsing; values quoted in errors
+are cut to SHOWN_CHARS; a check that raises ``OSError`` (a 10 KB path or zone name) is a
+problem like any other, listed with the rest in one ConfigError.
 
 Strings are turned into typed values by a cattrs converter with strict hooks: cattrs'
 stock ``bool`` hook would read ``"false"`` as True, and its tuple hook would split a string
@@ -27,8 +35,9 @@ Public API:
     String enums for ``IB_API_MODE`` and ``BRIDGE_LOG_FORMAT``.
 ``ConfigError(BridgeError, ValueError)``
     ``.problems`` is a tuple of ``"VARIABLE: what is wrong"`` lines.
-``SettingKey``, ``setting_keys()``
-    The declarations, for tooling. ``OUR_PREFIXES``, ``FOREIGN_KEYS`` (our-prefixed
+``SettingKey``, ``setting_keys()``, ``Bounds``
+    The declarations, for tooling; ``key.range_text()`` is the documented range.
+    ``OUR_PREFIXES``, ``FOREIGN_KEYS`` (our-prefixed
     variables read elsewhere, e.g. by the test suite) and ``LOG_LEVELS`` are constants.
 ``redact_dsn(text) -> str``
     ``postgresql://user:secret@host/db`` becomes ``postgresql://user:***@host/db``.
@@ -50,6 +59,7 @@ import re
 import sys
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import time
 from pathlib import Path
@@ -69,6 +79,7 @@ __all__ = [
     "LOG_LEVELS",
     "OUR_PREFIXES",
     "ApiMode",
+    "Bounds",
     "ConfigError",
     "DatabaseConfig",
     "LogFormat",
@@ -93,12 +104,41 @@ FOREIGN_KEYS: Final[Mapping[str, str]] = {
 _METADATA: Final = "ibkr_bridge.setting"
 _REDACTED: Final = "***"
 
+#: A value quoted in an error is cut to this many characters (its length is said instead).
+SHOWN_CHARS: Final = 80
+#: No problem line of a ConfigError is longer than this.
+PROBLEM_CHARS: Final = 400
+#: Longest raw text accepted for a setting that does not declare its own ``max_length``.
+DEFAULT_MAX_LENGTH: Final = 256
+
+
+def _bounded(problem: str) -> str:
+    if len(problem) <= PROBLEM_CHARS:
+        return problem
+    return problem[: PROBLEM_CHARS - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a value for an error message, cut to about SHOWN_CHARS characters.
+
+    The value is echoed so the user can find it, but a 10 KB value would bury the other
+    problems; ``repr`` also escapes control characters, so a newline cannot forge a line.
+    """
+    if isinstance(value, Path):
+        value = str(value)
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[: SHOWN_CHARS - 3]}...{size}"
+
 
 class ConfigError(BridgeError, ValueError):
     """The settings are invalid; ``problems`` holds one ``"VARIABLE: reason"`` per problem."""
 
     def __init__(self, problems: Iterable[str]) -> None:
-        self.problems: tuple[str, ...] = tuple(problems)
+        # A last guard: a problem line never grows past PROBLEM_CHARS, whatever it quotes.
+        self.problems: tuple[str, ...] = tuple(_bounded(problem) for problem in problems)
         super().__init__(self.problems)
 
     def __str__(self) -> str:
@@ -168,12 +208,12 @@ def _structure_bool(value: str, _: Any) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise ValueError(f"{value!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+    raise ValueError(f"{_show(value)} is not a boolean (true/false, 1/0, yes/no, on/off)")
 
 
 def _structure_int(value: str, _: Any) -> int:
     if not _INT.fullmatch(value):
-        raise ValueError(f"{value!r} is not an integer")
+        raise ValueError(f"{_show(value)} is not an integer")
     return int(value)
 
 
@@ -181,9 +221,9 @@ def _structure_float(value: str, _: Any) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
+        raise ValueError(f"{_show(value)} is not a number") from None
     if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite number")
+        raise ValueError(f"{_show(value)} is not a finite number")
     return number
 
 
@@ -194,24 +234,24 @@ def _structure_enum(value: str, kind: type[enum.Enum]) -> enum.Enum:
             if str(member.value).lower() == value.lower():
                 return member
     allowed = ", ".join(str(member.value) for member in kind)
-    raise ValueError(f"{value!r} is not one of {allowed}")
+    raise ValueError(f"{_show(value)} is not one of {allowed}")
 
 
 def _structure_path(value: str, _: Any) -> Path:
     try:
         return Path(value).expanduser()
     except RuntimeError:  # "~someone" naming no known user
-        raise ValueError(f"{value!r}: cannot expand '~' (no such user or home)") from None
+        raise ValueError(f"{_show(value)}: cannot expand '~' (no such user or home)") from None
 
 
 def _parse_time(value: str, *, end_of_minute: bool = False) -> time:
     match = _TIME.fullmatch(value.strip())
     if match is None:
-        raise ValueError(f"{value!r} is not a time of day (HH:MM)")
+        raise ValueError(f"{_show(value)} is not a time of day (HH:MM)")
     hour, minute = int(match[1]), int(match[2])
     second = int(match[3]) if match[3] is not None else (59 if end_of_minute else 0)
     if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"{value!r} is not a time of day (HH:MM, 00:00 to 23:59)")
+        raise ValueError(f"{_show(value)} is not a time of day (HH:MM, 00:00 to 23:59)")
     return time(hour, minute, second)
 
 
@@ -222,7 +262,7 @@ def _structure_time(value: str, _: Any) -> time:
 def _structure_window(value: str, _: Any) -> tuple[time, time]:
     parts = value.split("-")
     if len(parts) != 2:
-        raise ValueError(f"{value!r} is not a window HH:MM-HH:MM")
+        raise ValueError(f"{_show(value)} is not a window HH:MM-HH:MM")
     # An end written as HH:MM covers that whole minute: "23:59" ends at 23:59:59.
     return _parse_time(parts[0]), _parse_time(parts[1], end_of_minute=True)
 
@@ -230,14 +270,14 @@ def _structure_window(value: str, _: Any) -> tuple[time, time]:
 def _structure_seconds(value: str, _: Any) -> tuple[float, ...]:
     items = [item.strip() for item in value.split(",")]
     if any(not item for item in items):
-        raise ValueError(f"{value!r} has an empty item (expected seconds like 5,10,20)")
+        raise ValueError(f"{_show(value)} has an empty item (expected seconds like 5,10,20)")
     return tuple(_structure_float(item, float) for item in items)
 
 
 def _structure_size(value: str, _: Any) -> int:
     match = _SIZE.fullmatch(value)
     if match is None:
-        raise ValueError(f"{value!r} is not a size in bytes (e.g. 1073741824, 512M, 1G)")
+        raise ValueError(f"{_show(value)} is not a size in bytes (e.g. 1073741824, 512M, 1G)")
     return int(match[1]) * _SIZE_UNITS[(match[2] or "").lower()]
 
 
@@ -295,18 +335,18 @@ def _is_number(value: Any) -> bool:
 
 def _positive(value: Any) -> None:
     if not (_is_number(value) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{value!r} must be a finite number > 0")
+        raise ValueError(f"{_show(value)} must be a finite number > 0")
 
 
 def _boolean(value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a boolean")
+        raise ValueError(f"{_show(value)} is not a boolean")
 
 
 def _int_range(low: int, high: int | None = None) -> Check:
     def check(value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{value!r} is not an integer")
+            raise ValueError(f"{_show(value)} is not an integer")
         if value < low or (high is not None and value > high):
             span = f"{low}..{high}" if high is not None else f">= {low}"
             raise ValueError(f"{value} is out of range ({span})")
@@ -322,8 +362,9 @@ def _optional(check: Check) -> Check:
     return optional_check
 
 
-def _port(value: Any) -> None:
-    _int_range(1, 65535)(value)
+def _integer(value: Any) -> None:
+    # The range is the field's Bounds; this only refuses what is not an int (bool included).
+    _int_range(-(2**63))(value)
 
 
 def _client_id(value: Any) -> None:
@@ -335,69 +376,78 @@ def _client_id(value: Any) -> None:
             )
         if value < 0:
             raise ValueError(f"{value} is negative; client ids are positive integers")
-    _int_range(1, 2**31 - 1)(value)
+    _integer(value)
 
 
 def _host(value: Any) -> None:
     if not isinstance(value, str) or not value or any(c.isspace() or c == "/" for c in value):
-        raise ValueError(f"{value!r} is not a host name or address")
+        raise ValueError(f"{_show(value)} is not a host name or address")
 
 
 def _account(value: Any) -> None:
     if not isinstance(value, str) or not value.isascii() or not value.isalnum():
-        raise ValueError(f"{value!r} is not one account id (letters and digits, e.g. U1234567)")
+        raise ValueError(
+            f"{_show(value)} is not one account id (letters and digits, e.g. U1234567)"
+        )
 
 
 def _http_url(value: Any) -> None:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a URL")
+        raise ValueError(f"{_show(value)} is not a URL")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
-        raise ValueError(f"{value!r} is not a valid URL") from None
+        raise ValueError(f"{_show(value)} is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        raise ValueError(f"{_show(value)} is not an http:// or https:// URL")
     if not parts.hostname:
-        raise ValueError(f"{value!r} has no host")
+        raise ValueError(f"{_show(value)} has no host")
 
 
 def _existing_file(value: Any) -> None:
     if not isinstance(value, Path):
-        raise ValueError(f"{value!r} is not a path")
-    if not value.exists():
-        raise ValueError(f"{str(value)!r} does not exist")
-    if not value.is_file():
-        raise ValueError(f"{str(value)!r} is not a file")
+        raise ValueError(f"{_show(value)} is not a path")
+    try:
+        exists, is_file = value.exists(), value.is_file()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{_show(value)} cannot be checked ({reason})") from None
+    if not exists:
+        raise ValueError(f"{_show(value)} does not exist")
+    if not is_file:
+        raise ValueError(f"{_show(value)} is not a file")
 
 
 def _path(value: Any) -> None:
     if not isinstance(value, Path) or str(value) in ("", "."):
-        raise ValueError(f"{value!r} is not a file path")
+        raise ValueError(f"{_show(value)} is not a file path")
 
 
 def _window(value: Any) -> None:
     if not all(isinstance(part, time) for part in value):
-        raise ValueError(f"{value!r} is not a pair of times of day")
+        raise ValueError(f"{_show(value)} is not a pair of times of day")
 
 
 def _time_of_day(value: Any) -> None:
     if not isinstance(value, time) or value.tzinfo is not None:
-        raise ValueError(f"{value!r} is not a local time of day")
+        raise ValueError(f"{_show(value)} is not a local time of day")
 
 
 def _zone(value: Any) -> None:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: name too long
         raise ValueError(
-            f"{value!r} is not a known time zone (an IANA name such as America/New_York)"
+            f"{_show(value)} is not a known time zone (an IANA name such as America/New_York)"
         ) from None
 
 
 def _delays(value: Any) -> None:
     if not isinstance(value, tuple) or not value:
-        raise ValueError(f"{value!r} is not a list of seconds")
+        raise ValueError(f"{_show(value)} is not a list of seconds")
+    if len(value) > _MAX_DELAYS:
+        raise ValueError(f"has {len(value)} delays (at most {_MAX_DELAYS})")
     shown = [f"{v:g}" if _is_number(v) else repr(v) for v in value]
     for delay, text in zip(value, shown, strict=True):
         if not (_is_number(delay) and math.isfinite(delay) and delay > 0):
@@ -408,14 +458,14 @@ def _one_of(kind: type[enum.Enum]) -> Check:
     def check(value: Any) -> None:
         if not isinstance(value, kind):
             allowed = ", ".join(str(member.value) for member in kind)
-            raise ValueError(f"{value!r} is not one of {allowed}")
+            raise ValueError(f"{_show(value)} is not one of {allowed}")
 
     return check
 
 
 def _log_level(value: Any) -> None:
     if value not in LOG_LEVELS:
-        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        raise ValueError(f"{_show(value)} is not one of {', '.join(LOG_LEVELS)}")
 
 
 def _dsn(value: Any) -> None:
@@ -427,16 +477,100 @@ def _dsn(value: Any) -> None:
     try:
         scheme = urlsplit(value).scheme
     except ValueError:
-        raise ValueError(f"{shown!r} is not a valid URL") from None
+        raise ValueError(f"{_show(shown)} is not a valid URL") from None
     if scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"{shown!r} is not a postgres:// or postgresql:// URL")
+        raise ValueError(f"{_show(shown)} is not a postgres:// or postgresql:// URL")
     if any(c.isspace() for c in value):
-        raise ValueError(f"{shown!r} contains blanks")
+        raise ValueError(f"{_show(shown)} contains blanks")
 
 
 def _text(value: Any) -> None:
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{value!r} is not text")
+        raise ValueError(f"{_show(value)} is not text")
+
+
+# --- bounds and text limits (declared per setting, as data on its SettingKey) ----------
+
+_MAX_DELAYS: Final = 20
+_PREVIEW_CHARS: Final = 40
+#: Unicode categories refused anywhere in a value: C0/C1 controls and DEL (Cc), and the
+#: line and paragraph separators, which split a log line or a libpq keyword string.
+_CONTROL_CATEGORIES: Final = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _is_byte_unit(unit: str) -> bool:
+    return unit == "bytes"
+
+
+def _format_bound(number: float, unit: str) -> str:
+    if _is_byte_unit(unit):
+        for suffix, scale in reversed(_SIZE_UNITS.items()):
+            if scale > 1 and number >= scale and number % scale == 0:
+                return f"{int(number // scale)}{suffix.upper()}"
+        return str(int(number))
+    if isinstance(number, int):
+        return str(number)
+    return f"{number:g}"
+
+
+@frozen
+class Bounds:
+    """The documented sane range of a numeric setting, both ends inclusive.
+
+    For a list setting (``BRIDGE_BACKOFF``) it applies to each element. Declared on the
+    setting's :class:`SettingKey`, checked on load and on every built or evolved record,
+    and shown in the Range column of docs/configuration.md.
+    """
+
+    low: int | float
+    high: int | float
+    unit: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low <= self.high):
+            raise ValueError(f"bad bounds {self.low!r}..{self.high!r}")
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        text = f"{_format_bound(self.low, self.unit)}..{_format_bound(self.high, self.unit)}"
+        return text + unit
+
+    def check(self, value: Any) -> None:
+        for item in value if isinstance(value, tuple) else (value,):
+            # Types are the check's business; None is an optional setting left empty.
+            if _is_number(item) and not (self.low <= item <= self.high):
+                shown = str(item) if isinstance(item, int) else f"{item:g}"
+                raise ValueError(f"{shown} is out of range ({self.describe()})")
+
+
+def _control_character(text: str) -> str | None:
+    for index, char in enumerate(text):
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            return f"U+{ord(char):04X} at position {index + 1}"
+    return None
+
+
+def _check_text(key: SettingKey, text: str) -> None:
+    """Refuse a text (raw or typed) longer than ``key.max_length`` or holding a control."""
+    if len(text) > key.max_length:
+        shown = "" if key.secret else f", starting {_show(text[:_PREVIEW_CHARS])}"
+        raise ValueError(f"is {len(text)} characters long (at most {key.max_length}){shown}")
+    found = _control_character(text)
+    if found is not None:
+        shown = "" if key.secret else f" in {_show(text)}"
+        raise ValueError(f"contains a control character ({found}){shown}; none is allowed")
+
+
+def _validate(key: SettingKey, value: Any) -> None:
+    """Every rule on a typed value: its text limits, the key's check, its bounds."""
+    if isinstance(value, str | Path):
+        _check_text(key, str(value))  # first: the check may hand the text to the OS
+    key.check(value)
+    if key.bounds is not None:
+        key.bounds.check(value)
+
+
+_PORTS: Final = Bounds(1, 65535)
 
 
 # --- declarations ----------------------------------------------------------------------
@@ -454,6 +588,18 @@ class SettingKey:
     check: Check = field(repr=False)
     secret: bool = False
     strip: bool = True
+    #: Sane range of a numeric setting (required for every number: see the tests).
+    bounds: Bounds | None = None
+    #: Longest raw text accepted, before any parsing.
+    max_length: int = DEFAULT_MAX_LENGTH
+
+    def range_text(self) -> str:
+        """The Range cell of docs/configuration.md."""
+        if self.bounds is not None:
+            each = "each " if self.parse_as == _Seconds else ""
+            count = f"; 1 to {_MAX_DELAYS} values" if self.parse_as == _Seconds else ""
+            return f"{each}{self.bounds.describe()}{count}"
+        return f"up to {self.max_length} characters"
 
 
 def _field(key: SettingKey, part: int | None = None) -> Any:
@@ -481,8 +627,13 @@ def _setting(
     *,
     secret: bool = False,
     strip: bool = True,
+    bounds: Bounds | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
 ) -> Any:
-    return _field(SettingKey(env, kind, default, meaning, parse_as, check, secret, strip))
+    key = SettingKey(
+        env, kind, default, meaning, parse_as, check, secret, strip, bounds, max_length
+    )
+    return _field(key)
 
 
 _RESET_WINDOW = SettingKey(
@@ -493,6 +644,7 @@ _RESET_WINDOW = SettingKey(
     "written HH:MM covers its whole minute); it may wrap past midnight",
     _Window,
     _window,
+    max_length=32,
 )
 
 
@@ -527,8 +679,8 @@ def _record_problems(obj: Any) -> list[str]:
     problems: list[str] = []
     for key, value in _typed_values(obj):
         try:
-            key.check(value)
-        except ValueError as exc:
+            _validate(key, value)
+        except (ValueError, OSError) as exc:
             problems.append(f"{key.env}: {exc}")
     return problems
 
@@ -549,20 +701,34 @@ class DatabaseConfig:
         str | None,
         _dsn,
         secret=True,
+        max_length=4096,
     )
     host: str | None = _setting(
-        "PGHOST", "host", "", "Database host when DATABASE_URL is empty", str | None, _text
+        "PGHOST",
+        "host",
+        "",
+        "Database host when DATABASE_URL is empty",
+        str | None,
+        _text,
+        max_length=1024,
     )
     port: int | None = _setting(
         "PGPORT",
-        "port 1..65535",
+        "port",
         "",
         "Database port when DATABASE_URL is empty",
         int | None,
-        _optional(_port),
+        _optional(_integer),
+        bounds=_PORTS,
     )
     user: str | None = _setting(
-        "PGUSER", "text", "", "Database user when DATABASE_URL is empty", str | None, _text
+        "PGUSER",
+        "text",
+        "",
+        "Database user when DATABASE_URL is empty",
+        str | None,
+        _text,
+        max_length=63,
     )
     password: str | None = _setting(
         "PGPASSWORD",
@@ -573,9 +739,16 @@ class DatabaseConfig:
         _text,
         secret=True,
         strip=False,
+        max_length=1024,
     )
     database: str | None = _setting(
-        "PGDATABASE", "text", "", "Database name when DATABASE_URL is empty", str | None, _text
+        "PGDATABASE",
+        "text",
+        "",
+        "Database name when DATABASE_URL is empty",
+        str | None,
+        _text,
+        max_length=63,
     )
 
     def __attrs_post_init__(self) -> None:
@@ -671,7 +844,7 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-_SECONDS = "seconds > 0"
+_SECONDS = "seconds"
 
 
 @frozen(kw_only=True)
@@ -687,20 +860,34 @@ class Settings:
         "case-insensitive",
         ApiMode,
         _one_of(ApiMode),
+        max_length=16,
     )
     socket_host: str = _setting(
-        "IB_SOCKET_HOST", "host", "127.0.0.1", "IB Gateway host (SOCKET mode)", str, _host
+        "IB_SOCKET_HOST",
+        "host",
+        "127.0.0.1",
+        "IB Gateway host (SOCKET mode)",
+        str,
+        _host,
+        max_length=253,
     )
     socket_port: int = _setting(
-        "IB_SOCKET_PORT", "port 1..65535", "4001", "IB Gateway API port (SOCKET mode)", int, _port
+        "IB_SOCKET_PORT",
+        "port",
+        "4001",
+        "IB Gateway API port (SOCKET mode)",
+        int,
+        _integer,
+        bounds=_PORTS,
     )
     client_id: int = _setting(
         "IB_CLIENT_ID",
-        "integer >= 1",
+        "integer",
         "10",
         "TWS API client id of the bridge; 0 is refused (the trader's own IBKR app uses it)",
         int,
         _client_id,
+        bounds=Bounds(1, 2**31 - 1),
     )
     account: str | None = _setting(
         "IB_ACCOUNT",
@@ -709,6 +896,7 @@ class Settings:
         "Account to report, in both SOCKET and PORTAL mode; empty = the only managed account",
         str | None,
         _optional(_account),
+        max_length=32,
     )
     connect_timeout: float = _setting(
         "IB_CONNECT_TIMEOUT",
@@ -717,6 +905,7 @@ class Settings:
         "Seconds allowed to connect to the Gateway and finish the handshake",
         float,
         _positive,
+        bounds=Bounds(1, 600, "s"),
     )
     probe_interval: float = _setting(
         "IB_PROBE_INTERVAL",
@@ -725,6 +914,7 @@ class Settings:
         "Seconds between probes that detect a frozen Gateway (connected but not answering)",
         float,
         _positive,
+        bounds=Bounds(1, 3600, "s"),
     )
     probe_timeout: float = _setting(
         "IB_PROBE_TIMEOUT",
@@ -733,14 +923,16 @@ class Settings:
         "Seconds a probe may wait for its answer; must be less than IB_PROBE_INTERVAL",
         float,
         _positive,
+        bounds=Bounds(0.1, 600, "s"),
     )
     market_data_type: int = _setting(
         "IB_MARKET_DATA_TYPE",
-        "integer 1..4",
+        "integer",
         "1",
         "Market data requested: 1 live, 2 frozen, 3 delayed, 4 delayed frozen",
         int,
-        _int_range(1, 4),
+        _integer,
+        bounds=Bounds(1, 4),
     )
 
     # IBKR_*: the Client Portal side.
@@ -751,6 +943,7 @@ class Settings:
         "Client Portal Gateway base URL (PORTAL mode)",
         str,
         _http_url,
+        max_length=2048,
     )
     gateway_ca: Path | None = _setting(
         "IBKR_GATEWAY_CA",
@@ -759,6 +952,7 @@ class Settings:
         "CA or certificate file to trust for the Client Portal Gateway; empty = system trust",
         Path | None,
         _optional(_existing_file),
+        max_length=4096,
     )
     verify_tls: bool = _setting(
         "IBKR_VERIFY_TLS",
@@ -767,6 +961,7 @@ class Settings:
         "Verify the Client Portal Gateway's TLS certificate; false must be set explicitly",
         bool,
         _boolean,
+        max_length=16,
     )
     tickle_interval: float = _setting(
         "IBKR_TICKLE_INTERVAL",
@@ -775,6 +970,7 @@ class Settings:
         "Seconds between /tickle calls that keep the Client Portal session alive",
         float,
         _positive,
+        bounds=Bounds(1, 300, "s"),
     )
 
     # BRIDGE_*: the bridge's own behaviour.
@@ -785,6 +981,7 @@ class Settings:
         "Seconds between Greeks rows written to the database",
         float,
         _positive,
+        bounds=Bounds(0.1, 3600, "s"),
     )
     buffer_path: Path = _setting(
         "BRIDGE_BUFFER_PATH",
@@ -793,14 +990,16 @@ class Settings:
         "Crash-safe JSONL buffer holding rows while the database is unreachable",
         Path,
         _path,
+        max_length=4096,
     )
     buffer_max_bytes: int = _setting(
         "BRIDGE_BUFFER_MAX_BYTES",
-        "bytes > 0; K/M/G/T suffix (x1024)",
+        "bytes; K/M/G/T suffix (x1024)",
         "1G",
         "Size cap of the buffer file; when full, new rows are refused, none deleted",
         _ByteSize,
-        _int_range(1),
+        _integer,
+        bounds=Bounds(4 << 10, 1 << 40, "bytes"),
     )
     retry_interval: float = _setting(
         "BRIDGE_RETRY_INTERVAL",
@@ -809,6 +1008,7 @@ class Settings:
         "Seconds between database retries while it is unreachable",
         float,
         _positive,
+        bounds=Bounds(0.1, 3600, "s"),
     )
     db_connect_timeout: float = _setting(
         "BRIDGE_DB_CONNECT_TIMEOUT",
@@ -817,6 +1017,7 @@ class Settings:
         "Seconds allowed to connect to the database",
         float,
         _positive,
+        bounds=Bounds(0.1, 300, "s"),
     )
     db_command_timeout: float = _setting(
         "BRIDGE_DB_COMMAND_TIMEOUT",
@@ -825,14 +1026,16 @@ class Settings:
         "Seconds allowed for one database command",
         float,
         _positive,
+        bounds=Bounds(0.1, 3600, "s"),
     )
     batch_size: int = _setting(
         "BRIDGE_BATCH_SIZE",
-        "integer >= 1",
+        "integer",
         "5000",
         "Rows written per transaction when draining the buffer",
         int,
-        _int_range(1),
+        _integer,
+        bounds=Bounds(1, 100_000),
     )
     reset_window_start: time = _field(_RESET_WINDOW, part=0)
     reset_window_end: time = _field(_RESET_WINDOW, part=1)
@@ -843,6 +1046,7 @@ class Settings:
         "Local time to reconnect after a disconnect inside the reset window (must be outside it)",
         time,
         _time_of_day,
+        max_length=16,
     )
     reset_tz: str = _setting(
         "BRIDGE_RESET_TZ",
@@ -851,14 +1055,16 @@ class Settings:
         "Time zone of BRIDGE_RESET_WINDOW and BRIDGE_RESET_RESUME",
         str,
         _zone,
+        max_length=64,
     )
     backoff: tuple[float, ...] = _setting(
         "BRIDGE_BACKOFF",
-        "comma-separated seconds > 0",
+        "comma-separated seconds",
         "5,10,20",
         "Waits before the reconnection attempts after an unexpected disconnect",
         _Seconds,
         _delays,
+        bounds=Bounds(0.1, 3600, "s"),
     )
     steady_retry: float = _setting(
         "BRIDGE_STEADY_RETRY",
@@ -867,14 +1073,16 @@ class Settings:
         "Seconds between reconnection attempts once BRIDGE_BACKOFF is used up (never gives up)",
         float,
         _positive,
+        bounds=Bounds(0.1, 3600, "s"),
     )
     http_port: int | None = _setting(
         "BRIDGE_HTTP_PORT",
-        "port 1..65535 or empty",
+        "port or empty",
         "",
         "Port of the bridge's local HTTP status endpoint; empty = no endpoint",
         int | None,
-        _optional(_port),
+        _optional(_integer),
+        bounds=_PORTS,
     )
     http_host: str = _setting(
         "BRIDGE_HTTP_HOST",
@@ -883,6 +1091,7 @@ class Settings:
         "Address the HTTP status endpoint listens on",
         str,
         _host,
+        max_length=253,
     )
     log_format: LogFormat = _setting(
         "BRIDGE_LOG_FORMAT",
@@ -891,6 +1100,7 @@ class Settings:
         "Log line format",
         LogFormat,
         _one_of(LogFormat),
+        max_length=16,
     )
     log_level: str = _setting(
         "BRIDGE_LOG_LEVEL",
@@ -899,6 +1109,7 @@ class Settings:
         "Lowest level logged (case-insensitive)",
         _Upper,
         _log_level,
+        max_length=16,
     )
 
     # DATABASE_URL and PG*: the database.
@@ -959,9 +1170,10 @@ def _parse_keys(cls: type, env: Mapping[str, str], problems: list[str]) -> dict[
         if not text.strip():
             text = key.default
         try:
+            _check_text(key, text)  # before parsing: nothing parses a 10 KB or forged value
             value = _converter.structure(text, key.parse_as)
-            key.check(value)
-        except ValueError as exc:
+            _validate(key, value)
+        except (ValueError, OSError) as exc:  # OSError: a path or zone check on odd input
             message = str(exc)
             if key.secret and text in message:  # a second guard; hooks already redact
                 message = message.replace(text, redact_dsn(text))
@@ -1041,13 +1253,22 @@ def render_configuration_doc() -> str:
         "`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD` and `PGDATABASE`. Passwords are never",
         "logged or shown in errors: a URL appears as `postgresql://user:***@host/db`.",
         "",
-        "| Variable | Type | Default | Meaning |",
-        "|---|---|---|---|",
+        "Every setting has a sane range, shown in the Range column: a number outside it is",
+        "refused (a poll interval of 1e-6 s or a timeout of 1e308 s is a typo, not a wish), and",
+        "no value may be longer than the length given, or than "
+        f"{DEFAULT_MAX_LENGTH} characters for a number.",
+        "Control characters (newlines, tabs, NUL, DEL, the Unicode line separators) are refused",
+        "inside any value; blanks around a value are ignored, except in `PGPASSWORD`. Errors",
+        f"quote a value cut to {SHOWN_CHARS} characters, never a password.",
+        "",
+        "| Variable | Type | Default | Range | Meaning |",
+        "|---|---|---|---|---|",
     ]
     for key in setting_keys():
         default = f"`{key.default}`" if key.default else "*(empty)*"
         lines.append(
-            f"| `{key.env}` | {_cell(key.kind)} | {_cell(default)} | {_cell(key.meaning)} |"
+            f"| `{key.env}` | {_cell(key.kind)} | {_cell(default)} | "
+            f"{_cell(key.range_text())} | {_cell(key.meaning)} |"
         )
     lines += ["", "Read elsewhere, not settings of the service:", ""]
     lines += [f"- `{name}`: {meaning}" for name, meaning in FOREIGN_KEYS.items()]

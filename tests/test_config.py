@@ -14,10 +14,13 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from ibkr_bridge.config import (
+    PROBLEM_CHARS,
+    SHOWN_CHARS,
     ApiMode,
     ConfigError,
     DatabaseConfig,
     LogFormat,
+    SettingKey,
     Settings,
     load_settings,
     main,
@@ -148,7 +151,7 @@ def test_false_is_false() -> None:
 @pytest.mark.parametrize(
     ("text", "size"),
     [
-        ("1", 1),
+        ("4096", 4096),
         ("1073741824", 1 << 30),
         ("4k", 4096),
         ("512M", 512 << 20),
@@ -157,7 +160,7 @@ def test_false_is_false() -> None:
         ("1G", 1 << 30),
         ("2gib", 2 << 30),
         ("1T", 1 << 40),
-        ("100B", 100),
+        ("8192B", 8192),
     ],
 )
 def test_buffer_size_suffixes(text: str, size: int) -> None:
@@ -285,12 +288,12 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("IBKR_VERIFY_TLS", "tru", "'tru' is not a boolean"),
     ("BRIDGE_BUFFER_PATH", "~no_such_user_xyz/buf", "cannot expand '~'"),
     ("BRIDGE_BUFFER_PATH", ".", "is not a file path"),
-    ("BRIDGE_BUFFER_MAX_BYTES", "0", "0 is out of range (>= 1)"),
+    ("BRIDGE_BUFFER_MAX_BYTES", "0", "0 is out of range (4K..1T bytes)"),
     ("BRIDGE_BUFFER_MAX_BYTES", "1.5G", "'1.5G' is not a size in bytes"),
     ("BRIDGE_BUFFER_MAX_BYTES", "-5", "'-5' is not a size in bytes"),
     ("BRIDGE_BUFFER_MAX_BYTES", "12X", "'12X' is not a size in bytes"),
-    ("BRIDGE_BATCH_SIZE", "0", "0 is out of range (>= 1)"),
-    ("BRIDGE_BATCH_SIZE", "-3", "-3 is out of range (>= 1)"),
+    ("BRIDGE_BATCH_SIZE", "0", "0 is out of range (1..100000)"),
+    ("BRIDGE_BATCH_SIZE", "-3", "-3 is out of range (1..100000)"),
     ("BRIDGE_BATCH_SIZE", "many", "'many' is not an integer"),
     ("BRIDGE_RESET_WINDOW", "23:40", "'23:40' is not a window HH:MM-HH:MM"),
     ("BRIDGE_RESET_WINDOW", "23:40-23:50-23:59", "is not a window HH:MM-HH:MM"),
@@ -414,7 +417,257 @@ def test_any_other_api_mode_is_refused(text: str) -> None:
         load_settings({"IB_API_MODE": text}, use_dotenv=False)
     (problem,) = caught.value.problems
     assert problem.startswith("IB_API_MODE: ")
-    assert problem.endswith("is not one of SOCKET, PORTAL")
+    # A control character or an overlong text is refused before the value is read.
+    assert problem.endswith(("is not one of SOCKET, PORTAL", "; none is allowed")) or (
+        "characters long (at most 16)" in problem
+    )
+
+
+# --- bounds, lengths, control characters (issue 14.9) ----------------------------------
+
+NUMERIC_TYPES = {"int", "float", "_ByteSize", "tuple[float, ...]", "int | None"}
+
+
+def _numeric(key: SettingKey) -> bool:
+    kind = key.parse_as
+    name = getattr(kind, "__name__", None) or str(kind)
+    return name in NUMERIC_TYPES or str(kind) in NUMERIC_TYPES
+
+
+def test_every_numeric_setting_declares_bounds() -> None:
+    # New settings (h2, h5, ...) must declare bounds=Bounds(low, high, unit) on the field.
+    numeric = [key.env for key in setting_keys() if _numeric(key)]
+    assert "BRIDGE_POLL_INTERVAL" in numeric
+    assert "BRIDGE_BACKOFF" in numeric
+    assert "PGPORT" in numeric
+    assert [env for env in numeric if _key(env).bounds is None] == []
+
+
+def _key(env: str) -> SettingKey:
+    return next(key for key in setting_keys() if key.env == env)
+
+
+# What the issue measured: 1e-6 s wrote ~31,000 rows in 6 s; 1e308 and 1e-300 were taken.
+ABSURD_NUMBERS = ["1e-6", "1e-300", "1e308", "0.09", "1000000"]
+
+
+@pytest.mark.parametrize("value", ABSURD_NUMBERS)
+@pytest.mark.parametrize("name", [*SECONDS_KEYS, "BRIDGE_BACKOFF"])
+def test_absurd_timings_are_out_of_range(name: str, value: str) -> None:
+    (problem,) = problems_of({name: value})
+    bounds = _key(name).bounds
+    assert bounds is not None
+    assert problem.startswith(f"{name}: ")
+    assert f"is out of range ({bounds.describe()})" in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BRIDGE_POLL_INTERVAL", "1e-6", "1e-06 is out of range (0.1..3600 s)"),
+        ("IB_CONNECT_TIMEOUT", "1e308", "1e+308 is out of range (1..600 s)"),
+        ("BRIDGE_RETRY_INTERVAL", "1e-300", "1e-300 is out of range (0.1..3600 s)"),
+        ("BRIDGE_BACKOFF", "5,10,7200", "7200 is out of range (each 0.1..3600 s"[:0] + "7200"),
+        ("BRIDGE_BACKOFF", ",".join(["5"] * 21), "has 21 delays (at most 20)"),
+        ("BRIDGE_BUFFER_MAX_BYTES", "2T", "2199023255552 is out of range (4K..1T bytes)"),
+        ("BRIDGE_BUFFER_MAX_BYTES", "100", "100 is out of range (4K..1T bytes)"),
+        ("BRIDGE_BATCH_SIZE", "1000001", "1000001 is out of range (1..100000)"),
+        ("IBKR_TICKLE_INTERVAL", "600", "600 is out of range (1..300 s)"),
+    ],
+)
+def test_out_of_range_messages(name: str, value: str, message: str) -> None:
+    (problem,) = problems_of({name: value})
+    assert problem.startswith(f"{name}: ")
+    assert message in problem
+
+
+def _partner(name: str, value: str) -> dict[str, str]:
+    # IB_PROBE_TIMEOUT must stay below IB_PROBE_INTERVAL at either end of their ranges.
+    if name == "IB_PROBE_TIMEOUT":
+        return {"IB_PROBE_INTERVAL": "3600"}
+    if name == "IB_PROBE_INTERVAL":
+        return {"IB_PROBE_TIMEOUT": "0.1"}
+    return {}
+
+
+@pytest.mark.parametrize("end", ["low", "high"])
+@pytest.mark.parametrize("key", [k for k in setting_keys() if k.bounds is not None], ids=str)
+def test_both_ends_of_every_range_are_accepted(key: SettingKey, end: str) -> None:
+    assert key.bounds is not None
+    number = key.bounds.low if end == "low" else key.bounds.high
+    text = str(number)
+    settings = load({key.env: text, **_partner(key.env, text)})
+    typed = [v for k, v in _values(settings) if k == key.env]
+    assert typed in ([number], [(number,)]), typed
+
+
+def _values(settings: Settings) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for record in (settings, settings.database):
+        for attribute in attrs.fields(type(record)):
+            declared = attribute.metadata.get("ibkr_bridge.setting")
+            if declared is not None and declared[1] is None:
+                out.append((declared[0].env, getattr(record, attribute.name)))
+    return out
+
+
+def test_the_range_is_in_the_generated_doc() -> None:
+    doc = render_configuration_doc()
+    assert "| Range |" in doc
+    assert "| `BRIDGE_POLL_INTERVAL` | seconds | `5` | 0.1..3600 s |" in doc
+    assert "| `5,10,20` | each 0.1..3600 s; 1 to 20 values |" in doc
+    assert "| `PGHOST` | host | *(empty)* | up to 1024 characters |" in doc
+    assert "Control characters" in doc
+
+
+@pytest.mark.parametrize("name", ["IBKR_GATEWAY_CA", "BRIDGE_RESET_TZ", "BRIDGE_BUFFER_PATH"])
+def test_a_10kb_value_is_a_config_error_quoted_short(name: str) -> None:
+    value = "/" + "x" * 10_239
+    (problem,) = problems_of({name: value})
+    assert problem.startswith(f"{name}: is 10240 characters long (at most ")
+    assert problem.endswith(", starting '/" + "x" * 39 + "'")  # the value is cut
+
+
+@pytest.mark.parametrize("key", setting_keys(), ids=str)
+def test_any_overlong_value_is_refused_without_echoing_it(key: SettingKey) -> None:
+    value = "9" * (key.max_length + 1)
+    (problem,) = problems_of({key.env: value})
+    assert problem.startswith(f"{key.env}: is {key.max_length + 1} characters long")
+    assert len(problem) < 250
+    if key.secret:
+        assert "99999" not in problem
+
+
+def test_a_path_the_system_cannot_check_is_a_config_error(tmp_path: Path) -> None:
+    # Under max_length, but one name longer than the file system allows: OSError before.
+    ca = str(tmp_path / ("x" * 300) / "ca.pem")
+    (problem,) = problems_of({"IBKR_GATEWAY_CA": ca})
+    assert problem.startswith("IBKR_GATEWAY_CA: ")
+    assert "cannot be checked (File name too long)" in problem
+    with pytest.raises(ConfigError, match="IBKR_GATEWAY_CA"):
+        Settings().with_overrides(gateway_ca=Path(ca))
+
+
+def test_overlong_zone_in_a_built_record_is_a_config_error() -> None:
+    # Settings(...) checks too: ZoneInfo("x" * 10_000) raises OSError, not ValueError.
+    with pytest.raises(ConfigError) as caught:
+        Settings().with_overrides(reset_tz="x" * 10_000)
+    (problem,) = caught.value.problems
+    assert problem.startswith("BRIDGE_RESET_TZ: is 10000 characters long (at most 64), starting")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "found"),
+    [
+        ("PGHOST", "db\nevil", "U+000A at position 3"),
+        ("PGHOST", "db.exa\rmple.com", "U+000D at position 7"),
+        ("PGUSER", "bridge\tadmin", "U+0009 at position 7"),
+        ("PGDATABASE", "greeks\x00", "U+0000 at position 7"),
+        ("PGDATABASE", "a\u2028b", "U+2028 at position 2"),
+        ("BRIDGE_BUFFER_PATH", "/tmp/buf\n.jsonl", "U+000A at position 9"),
+        ("BRIDGE_BUFFER_PATH", "/tmp/\x1b[31mred", "U+001B at position 6"),
+        ("IB_SOCKET_HOST", "gw\x7f", "U+007F at position 3"),
+        ("IB_ACCOUNT", "U1\x852", "U+0085 at position 3"),
+        ("BRIDGE_RESET_TZ", "America/New_York\nX", "U+000A at position 17"),
+    ],
+)
+def test_control_characters_are_refused(name: str, value: str, found: str) -> None:
+    (problem,) = problems_of({name: value})
+    assert problem.startswith(f"{name}: contains a control character ({found}) in ")
+    assert problem.endswith("; none is allowed")
+    # Quoted escaped: a newline in a value cannot forge a second line of the error.
+    assert not any(c in problem for c in "\n\r\t\x00\x1b\x7f\x85\u2028")
+
+
+def test_control_characters_in_a_password_are_refused_without_showing_it() -> None:
+    (problem,) = problems_of({"PGPASSWORD": f"{SECRET}\n"})
+    assert problem.startswith("PGPASSWORD: contains a control character (U+000A at position")
+    assert SECRET not in problem
+    (problem,) = problems_of({"DATABASE_URL": f"postgresql://u:{SECRET}@db/x\x00"})
+    assert problem.startswith("DATABASE_URL: contains a control character")
+    assert SECRET not in problem
+
+
+def test_trailing_newline_of_a_stripped_value_is_just_a_blank() -> None:
+    assert load({"PGHOST": "db.example.com\n"}).database.host == "db.example.com"
+
+
+def test_control_characters_in_a_built_record_are_refused() -> None:
+    with pytest.raises(ConfigError, match="BRIDGE_BUFFER_PATH: contains a control character"):
+        Settings().with_overrides(buffer_path=Path("/tmp/a\nb"))
+    with pytest.raises(ConfigError, match="PGHOST: contains a control character"):
+        DatabaseConfig(host="db\nevil")
+
+
+def test_bounds_apply_to_built_records_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings().with_overrides(poll_interval=1e-6, connect_timeout=1e308, backoff=(0.01,))
+    assert [p.split(":", 1)[0] for p in caught.value.problems] == [
+        "IB_CONNECT_TIMEOUT",
+        "BRIDGE_POLL_INTERVAL",
+        "BRIDGE_BACKOFF",
+    ]
+
+
+def test_new_kinds_of_problem_are_listed_with_the_others(tmp_path: Path) -> None:
+    problems = problems_of(
+        {
+            "IBKR_GATEWAY_CA": "/" + "c" * 10_000,
+            "BRIDGE_RESET_TZ": "z" * 10_000,
+            "PGHOST": "db\nevil",
+            "BRIDGE_POLL_INTERVAL": "1e-6",
+            "IB_SOCKET_PORT": "0",
+            "BRIDGE_BUFFER_PATH": str(tmp_path / "a\tb"),
+        }
+    )
+    assert sorted(p.split(":", 1)[0] for p in problems) == sorted(
+        [
+            "IBKR_GATEWAY_CA",
+            "BRIDGE_RESET_TZ",
+            "PGHOST",
+            "BRIDGE_POLL_INTERVAL",
+            "IB_SOCKET_PORT",
+            "BRIDGE_BUFFER_PATH",
+        ]
+    )
+    assert all(len(p) < 250 for p in problems), problems
+
+
+def test_config_error_bounds_every_problem_line() -> None:
+    error = ConfigError(["A: " + "x" * 10_000, "B: short"])
+    assert len(error.problems[0]) == PROBLEM_CHARS
+    assert error.problems[0].endswith("...")
+    assert error.problems[1] == "B: short"
+
+
+_ANY_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="ascii"), max_size=40),
+    st.builds(lambda c, n: c * n, st.characters(), st.integers(0, 12_000)),
+    st.sampled_from(["1e-6", "1e308", "-1e-300", "0x10", "\x00", "~", "~nobody/x", "."]),
+)
+
+
+@given(st.sampled_from([key.env for key in setting_keys()]), _ANY_TEXT)
+@example("IBKR_GATEWAY_CA", "/" + "x" * 10_000)
+@example("BRIDGE_RESET_TZ", "x" * 10_000)
+@example("IBKR_GATEWAY_CA", "/tmp/" + "x" * 300)
+@example("BRIDGE_BUFFER_PATH", "~" + "x" * 300)
+@example("PGHOST", "a\nb")
+def test_any_text_for_any_setting_is_settings_or_a_short_config_error(name: str, text: str) -> None:
+    problems: tuple[str, ...] = ()
+    try:
+        load({name: text})
+    except ConfigError as error:  # any other exception fails the test
+        problems = error.problems
+        message = str(error)
+    else:
+        return
+    assert 1 <= len(problems) <= 2  # the value's own problem, maybe one cross rule
+    # Cross rules may name the other field (IB_PROBE_TIMEOUT for IB_PROBE_INTERVAL).
+    assert all(p.split(":", 1)[0] in {k.env for k in setting_keys()} for p in problems)
+    assert all(len(p) <= 2 * SHOWN_CHARS + 120 for p in problems), problems
+    assert len(message) < 1000
 
 
 # --- unknown keys ----------------------------------------------------------------------
@@ -621,8 +874,8 @@ def test_database_url_wins_over_pg_variables() -> None:
 
 def test_with_overrides() -> None:
     base = load({})
-    fast = base.with_overrides(poll_interval=0.01, backoff=(0.1,), api_mode=ApiMode.PORTAL)
-    assert (fast.poll_interval, fast.backoff, fast.api_mode) == (0.01, (0.1,), ApiMode.PORTAL)
+    fast = base.with_overrides(poll_interval=0.1, backoff=(0.1,), api_mode=ApiMode.PORTAL)
+    assert (fast.poll_interval, fast.backoff, fast.api_mode) == (0.1, (0.1,), ApiMode.PORTAL)
     assert base.poll_interval == 5.0  # frozen: the original is untouched
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         base.poll_interval = 1.0  # type: ignore[misc]
@@ -655,7 +908,7 @@ def test_doc_lists_every_key() -> None:
     assert [row.split("`")[1] for row in rows] == [key.env for key in setting_keys()]
     for key, row in zip(setting_keys(), rows, strict=True):
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
-        assert len(cells) == 4, row
+        assert len(cells) == 5, row
         assert cells[2] == (f"`{key.default}`" if key.default else "*(empty)*")
         assert cells[1]
         assert cells[3]

@@ -78,6 +78,7 @@ def watchdog_policy(settings: Settings) -> WatchdogPolicy:
         reset_window_end=settings.reset_window_end,
         resume_at=settings.resume_at,
         tz=settings.reset_tz,
+        weekly_window=settings.weekly_window,
     )
 
 

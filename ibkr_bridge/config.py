@@ -73,6 +73,7 @@ from attrs import field, frozen
 from dotenv import dotenv_values
 
 from .errors import BridgeError
+from .resetwindow import MAX_WEEKLY_HOURS, NORTH_AMERICA_WEEKLY, WeeklyWindow
 
 __all__ = [
     "FOREIGN_KEYS",
@@ -285,6 +286,15 @@ def _structure_upper(value: str, _: Any) -> str:
     return value.upper()
 
 
+_NO_WINDOW: Final = frozenset({"off", "none"})
+
+
+def _structure_weekly(value: str, _: Any) -> WeeklyWindow | None:
+    if value.lower() in _NO_WINDOW:
+        return None
+    return WeeklyWindow.parse(value)
+
+
 def _is_optional(kind: Any) -> bool:
     args = typing.get_args(kind)
     return (
@@ -313,6 +323,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(_Window, _structure_window)
     converter.register_structure_hook(_ByteSize, _structure_size)
     converter.register_structure_hook(_Upper, _structure_upper)
+    converter.register_structure_hook(WeeklyWindow, _structure_weekly)
     converter.register_structure_hook_func(lambda t: t == _Seconds, _structure_seconds)
     # By class: a StrEnum is also a str, so a predicate hook would lose to the str hook.
     for kind in (ApiMode, LogFormat):
@@ -432,6 +443,11 @@ def _window(value: Any) -> None:
 def _time_of_day(value: Any) -> None:
     if not isinstance(value, time) or value.tzinfo is not None:
         raise ValueError(f"{_show(value)} is not a local time of day")
+
+
+def _weekly(value: Any) -> None:
+    if value is not None and not isinstance(value, WeeklyWindow):
+        raise ValueError(f"{_show(value)} is not a weekly window")
 
 
 def _zone(value: Any) -> None:
@@ -592,9 +608,13 @@ class SettingKey:
     bounds: Bounds | None = None
     #: Longest raw text accepted, before any parsing.
     max_length: int = DEFAULT_MAX_LENGTH
+    #: The range in words, for a value whose limits are neither bounds nor a length.
+    range_note: str = ""
 
     def range_text(self) -> str:
         """The Range cell of docs/configuration.md."""
+        if self.range_note:
+            return self.range_note
         if self.bounds is not None:
             each = "each " if self.parse_as == _Seconds else ""
             count = f"; 1 to {_MAX_DELAYS} values" if self.parse_as == _Seconds else ""
@@ -629,9 +649,10 @@ def _setting(
     strip: bool = True,
     bounds: Bounds | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
+    range_note: str = "",
 ) -> Any:
     key = SettingKey(
-        env, kind, default, meaning, parse_as, check, secret, strip, bounds, max_length
+        env, kind, default, meaning, parse_as, check, secret, strip, bounds, max_length, range_note
     )
     return _field(key)
 
@@ -1052,10 +1073,24 @@ class Settings:
         "BRIDGE_RESET_TZ",
         "IANA time zone",
         "America/New_York",
-        "Time zone of BRIDGE_RESET_WINDOW and BRIDGE_RESET_RESUME",
+        "Time zone of BRIDGE_RESET_WINDOW, BRIDGE_RESET_RESUME and BRIDGE_WEEKLY_WINDOW",
         str,
         _zone,
         max_length=64,
+    )
+    weekly_window: WeeklyWindow | None = _setting(
+        "BRIDGE_WEEKLY_WINDOW",
+        "Ddd HH:MM-Ddd HH:MM, or off",
+        str(NORTH_AMERICA_WEEKLY),
+        "IBKR weekly maintenance window, local time in BRIDGE_RESET_TZ, from its start "
+        "(inclusive) to its end (the reconnect time), at most 48 h; a disconnect inside it "
+        "waits until its end. The default is IBKR's North America weekend maintenance "
+        "(status page: Friday 23:00 to Saturday 03:00 New York time); check IBKR's status "
+        "page for your region's server; off = none",
+        WeeklyWindow,
+        _weekly,
+        max_length=64,
+        range_note=f"longer than 0, at most {MAX_WEEKLY_HOURS} h",
     )
     backoff: tuple[float, ...] = _setting(
         "BRIDGE_BACKOFF",
@@ -1138,6 +1173,7 @@ class Settings:
             "reset_window_end": self.reset_window_end,
             "resume_at": self.resume_at,
             "tz": self.reset_tz,
+            "weekly_window": self.weekly_window,
         }
 
 

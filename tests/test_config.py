@@ -30,6 +30,7 @@ from ibkr_bridge.config import (
     setting_keys,
 )
 from ibkr_bridge.errors import BridgeError
+from ibkr_bridge.resetwindow import NORTH_AMERICA_WEEKLY, WatchdogPolicy, WeeklyWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-Sekr3t"
@@ -79,6 +80,8 @@ def test_defaults(home: Path) -> None:
     assert (s.reset_window_start, s.reset_window_end) == (time(23, 40), time(23, 59, 59))
     assert s.resume_at == time(0, 5)
     assert s.reset_tz == "America/New_York"
+    assert s.weekly_window == NORTH_AMERICA_WEEKLY
+    assert str(s.weekly_window) == "Fri 23:00-Sat 03:00"
     assert s.backoff == (5.0, 10.0, 20.0)
     assert s.steady_retry == 60.0
     assert (s.http_port, s.http_host) == (None, "127.0.0.1")
@@ -200,7 +203,28 @@ def test_watchdog_settings() -> None:
         "reset_window_end": time(23, 59, 59),
         "resume_at": time(1, 30),
         "tz": "Europe/Zurich",
+        "weekly_window": NORTH_AMERICA_WEEKLY,
     }
+    # They build the policy the watchdog runs on.
+    assert WatchdogPolicy(**s.watchdog_kwargs()).weekly_window == NORTH_AMERICA_WEEKLY
+
+
+@pytest.mark.parametrize(
+    ("text", "window"),
+    [
+        ("Fri 23:00-Sat 03:00", WeeklyWindow(4, time(23, 0), 5, time(3, 0))),
+        (" sat 22:00 - SUNDAY 1:30 ", WeeklyWindow(5, time(22, 0), 6, time(1, 30))),
+        ("Sun 23:30-Mon 00:15", WeeklyWindow(6, time(23, 30), 0, time(0, 15))),  # wraps the week
+        ("Sat 01:00-Sat 05:00", WeeklyWindow(5, time(1, 0), 5, time(5, 0))),
+        ("Fri 00:00-Sun 00:00", WeeklyWindow(4, time(0, 0), 6, time(0, 0))),  # 48 h, the most
+        ("off", None),
+        ("None", None),
+    ],
+)
+def test_weekly_window(text: str, window: WeeklyWindow | None) -> None:
+    s = load({"BRIDGE_WEEKLY_WINDOW": text})
+    assert s.weekly_window == window
+    assert s.watchdog_kwargs()["weekly_window"] == window
 
 
 def test_typed_values() -> None:
@@ -304,6 +328,13 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("BRIDGE_RESET_RESUME", "23:45", "23:45 lies inside BRIDGE_RESET_WINDOW 23:40:00-23:59:59"),
     ("BRIDGE_RESET_TZ", "Mars/Olympus_Mons", "'Mars/Olympus_Mons' is not a known time zone"),
     ("BRIDGE_RESET_TZ", "../etc/passwd", "is not a known time zone"),
+    ("BRIDGE_WEEKLY_WINDOW", "Fri 23:00", "'Fri 23:00' is not a weekly window like"),
+    ("BRIDGE_WEEKLY_WINDOW", "23:00-03:00", "is not a weekly window like 'Fri 23:00-Sat 03:00'"),
+    ("BRIDGE_WEEKLY_WINDOW", "Fry 23:00-Sat 03:00", "'Fry' is not a day of the week"),
+    ("BRIDGE_WEEKLY_WINDOW", "Fri 23:00-Sat 24:00", "24:00 is not a time of day"),
+    ("BRIDGE_WEEKLY_WINDOW", "Fri 23:00-fri 23:00", "is empty (its end is its start)"),
+    ("BRIDGE_WEEKLY_WINDOW", "Fri 23:00-Mon 03:00", "lasts 52 h (at most 48 h)"),
+    ("BRIDGE_WEEKLY_WINDOW", "Sat 03:00-Fri 23:00", "lasts 164 h (at most 48 h)"),
     ("BRIDGE_BACKOFF", "5,,10", "'5,,10' has an empty item"),
     ("BRIDGE_BACKOFF", ",", "has an empty item"),
     ("BRIDGE_BACKOFF", "5,-1", "-1 in '5,-1' must be a number > 0"),

@@ -2,9 +2,11 @@
 
 DISCONNECTED -start-> CONNECTING -connected-> LIVE. A failed connect or a lost connection
 goes to RESET_WAIT when the wall time is inside IBKR's nightly reset window (then waits
-until the resume time, 00:05 New York by default) and to BACKOFF otherwise (5, 10, 20 s,
-then every 60 s, never giving up). While LIVE, IB's connectivity codes 1100 / 1101 / 1102
-mark market data stale and fresh again without leaving LIVE. ``stop`` ends everything.
+until the resume time, 00:05 New York by default) or its weekly maintenance window (then
+waits until the window's end, Saturday 03:00 New York by default), and to BACKOFF otherwise
+(5, 10, 20 s, then every 60 s, never giving up). While LIVE, IB's connectivity codes
+1100 / 1101 / 1102 mark market data stale and fresh again without leaving LIVE. ``stop``
+ends everything.
 
 Deadlines are monotonic (``wake_at``); the driver sleeps until then and calls the due
 trigger with fresh ``now`` and ``wall``. The driver starts its writer task on entering
@@ -27,7 +29,7 @@ Public API:
     ``start(now, wall) -> bool``                 DISCONNECTED->CONNECTING
     ``connected(now, wall) -> bool``             CONNECTING->LIVE; back-off starts over
     ``connect_failed(now, wall, error) -> bool`` CONNECTING->RESET_WAIT if ``wall`` is in
-                                                 the reset window, else ->BACKOFF
+                                                 the reset or weekly window, else ->BACKOFF
     ``disconnected(now, wall, reason) -> bool``  LIVE->RESET_WAIT / ->BACKOFF, same rule
     ``retry_due(now, wall) -> bool``             BACKOFF->CONNECTING once ``now >= wake_at``
     ``reset_over(now, wall) -> bool``            RESET_WAIT->CONNECTING once ``now >= wake_at``
@@ -41,7 +43,8 @@ Public API:
 
     ``retry_due`` and ``reset_over`` return False and change nothing when not yet due.
     Entering BACKOFF records ``attempt`` and ``delay``; entering RESET_WAIT records
-    ``resume_at`` (ISO 8601) and ``wait`` seconds; entering RESET_WAIT starts back-off
+    ``window`` ("daily" or "weekly"), ``resume_at`` (ISO 8601, from
+    ``resetwindow.maintenance_resume``) and ``wait`` seconds; entering RESET_WAIT starts back-off
     over, so a failed connect after the reset window is back-off attempt 1.
 
 Inherited from ``StateMachine``: ``name``, ``can(trigger)``, ``permitted_triggers()``,
@@ -59,7 +62,12 @@ from typing import Any, Final
 import transitions
 
 from ibkr_bridge.machines.base import MachineSpec, Rule, StateMachine
-from ibkr_bridge.resetwindow import WatchdogPolicy, in_reset_window, resume_time
+from ibkr_bridge.resetwindow import (
+    WatchdogPolicy,
+    in_maintenance,
+    in_weekly_window,
+    maintenance_resume,
+)
 
 __all__ = ["SPEC", "TRANSITIONS", "ConnectionMachine", "ConnectionState", "WatchdogPolicy"]
 
@@ -83,7 +91,7 @@ TRANSITIONS: Final[tuple[Rule, ...]] = (
         _S.CONNECTING,
         _S.RESET_WAIT,
         conditions=("in_reset_window",),
-        note="failed during the nightly reset: wait for the resume time",
+        note="failed during the nightly reset or weekly maintenance: wait for the resume time",
     ),
     Rule(
         "connect_failed",
@@ -97,7 +105,7 @@ TRANSITIONS: Final[tuple[Rule, ...]] = (
         _S.LIVE,
         _S.RESET_WAIT,
         conditions=("in_reset_window",),
-        note="lost during the nightly reset: stop writing, wait for the resume time",
+        note="lost during the nightly reset or weekly maintenance: stop writing, wait",
     ),
     Rule(
         "disconnected",
@@ -130,7 +138,7 @@ TRANSITIONS: Final[tuple[Rule, ...]] = (
         _S.RESET_WAIT,
         _S.CONNECTING,
         conditions=("resume_reached",),
-        note="the reset window is over: connect again",
+        note="the reset or maintenance window is over: connect again",
     ),
     *(
         Rule("stop", state, _S.STOPPED, note="shutdown")
@@ -146,8 +154,9 @@ SPEC: Final = MachineSpec(
         "Keeps the ib_async connection to the Gateway up without ever giving up. With the "
         "default `WatchdogPolicy`, a failure inside IBKR's nightly reset window "
         "(23:40:00-23:59:59 New York time, inclusive) waits until the next 00:05 New York "
-        "time; any other failure backs off 5, 10, 20 s and then retries every 60 s. Rows "
-        "are written only while LIVE and not stale."
+        "time, and one inside the weekly maintenance window (Friday 23:00 to Saturday 03:00 "
+        "New York time) waits until its end; any other failure backs off 5, 10, 20 s and "
+        "then retries every 60 s. Rows are written only while LIVE and not stale."
     ),
     states=ConnectionState,
     initial=ConnectionState.DISCONNECTED,
@@ -156,12 +165,15 @@ SPEC: Final = MachineSpec(
         "DISCONNECTED": "Not started yet.",
         "CONNECTING": "A connect attempt is under way.",
         "LIVE": "Connected; the writer runs (paused while `stale`).",
-        "RESET_WAIT": "Waiting out IBKR's nightly reset until the resume time.",
+        "RESET_WAIT": "Waiting out IBKR's nightly reset or weekly maintenance.",
         "BACKOFF": "Waiting `wake_at` before the next attempt.",
         "STOPPED": "Shut down; terminal.",
     },
     guard_docs={
-        "in_reset_window": "`wall` is inside the nightly reset window (New York time)",
+        "in_reset_window": (
+            "`wall` is inside the nightly reset window or the weekly maintenance window "
+            "(New York time)"
+        ),
         "backoff_elapsed": "`now >= wake_at`",
         "resume_reached": "`now >= wake_at` or `wall >= resume_at`",
     },
@@ -256,7 +268,7 @@ class ConnectionMachine(StateMachine[ConnectionState]):
     # Guards and effects ---------------------------------------------------------------
 
     def _guard_in_reset_window(self, event: transitions.EventData) -> bool:
-        return in_reset_window(event.kwargs["wall"], self._policy)
+        return in_maintenance(event.kwargs["wall"], self._policy)
 
     def _guard_backoff_elapsed(self, event: transitions.EventData) -> bool:
         now: float = event.kwargs["now"]
@@ -297,11 +309,12 @@ class ConnectionMachine(StateMachine[ConnectionState]):
         elif dest is ConnectionState.RESET_WAIT:
             assert wall is not None  # required by the triggers that lead here
             self._attempt = 0
-            resume = resume_time(wall, self._policy)
+            resume = maintenance_resume(wall, self._policy)
             wait = (_utc(resume) - _utc(wall)).total_seconds()
             self._resume_at = resume
             self._wake_at = float(now) + wait
-            detail.update(resume_at=resume.isoformat(), wait=wait)
+            window = "weekly" if in_weekly_window(wall, self._policy) else "daily"
+            detail.update(window=window, resume_at=resume.isoformat(), wait=wait)
         elif dest is ConnectionState.CONNECTING and source is not ConnectionState.DISCONNECTED:
             detail["after"] = source.value
             if self._attempt:

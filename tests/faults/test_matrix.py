@@ -529,6 +529,7 @@ BAD_VALUES: dict[str, str] = {
     "BRIDGE_RESET_WINDOW": "23:40",
     "BRIDGE_RESET_RESUME": "00:60",
     "BRIDGE_RESET_TZ": "Mars/Olympus_Mons",
+    "BRIDGE_WEEKLY_WINDOW": "Fri 23:00",
     "BRIDGE_BACKOFF": "5,,10",
     "BRIDGE_STEADY_RETRY": "-1",
     "BRIDGE_HTTP_PORT": "http",

@@ -150,6 +150,7 @@ def test_disconnect_in_reset_window_waits_until_0005_new_york() -> None:
     assert (record.trigger, record.source, record.dest) == ("disconnected", "LIVE", "RESET_WAIT")
     assert dict(record.detail) == {
         "reason": "socket closed",
+        "window": "daily",
         "resume_at": "2026-01-06T00:05:00-05:00",
         "wait": 1200.0,
     }
@@ -223,6 +224,54 @@ def test_window_edges_pick_the_destination(
     m = machine_in(S.CONNECTING if trigger == "connect_failed" else S.LIVE)
     assert getattr(m, trigger)(0.0, wall, "lost")
     assert m.state is dest
+
+
+FRIDAY_NIGHT = datetime(2026, 3, 6, 23, 30, tzinfo=NY)  # inside the weekly window only
+SATURDAY_0300 = datetime(2026, 3, 7, 3, 0, tzinfo=NY)  # its end
+
+
+def test_disconnect_in_the_weekly_window_waits_until_its_end() -> None:
+    m = live(now=100.0)
+    assert m.disconnected(100.0, FRIDAY_NIGHT, "Gateway closed the socket")
+    assert m.state is S.RESET_WAIT
+    assert m.resume_at == SATURDAY_0300
+    assert m.wake_at == 100.0 + 3.5 * 3600
+    (record,) = m.pop_transitions()
+    assert dict(record.detail) == {
+        "reason": "Gateway closed the socket",
+        "window": "weekly",
+        "resume_at": "2026-03-07T03:00:00-05:00",
+        "wait": 3.5 * 3600,
+    }
+    assert m.reset_over(100.0 + 3.5 * 3600 - 1, SATURDAY_0300 - timedelta(seconds=1)) is False
+    assert m.reset_over(100.0 + 3.5 * 3600, SATURDAY_0300)
+    assert current(m) is S.CONNECTING
+
+
+@pytest.mark.parametrize(
+    ("wall", "dest", "resume"),
+    [
+        (datetime(2026, 3, 6, 22, 59, 59, tzinfo=NY), S.BACKOFF, None),
+        (datetime(2026, 3, 6, 23, 0, tzinfo=NY), S.RESET_WAIT, SATURDAY_0300),
+        # Both windows: the nightly 00:05 would fall inside the weekly one, so 03:00.
+        (datetime(2026, 3, 6, 23, 45, tzinfo=NY), S.RESET_WAIT, SATURDAY_0300),
+        (datetime(2026, 3, 7, 2, 59, 59, tzinfo=NY), S.RESET_WAIT, SATURDAY_0300),
+        (SATURDAY_0300, S.BACKOFF, None),
+    ],
+)
+@pytest.mark.parametrize("trigger", ["connect_failed", "disconnected"])
+def test_weekly_window_edges_pick_the_destination(
+    wall: datetime, dest: ConnectionState, resume: datetime | None, trigger: str
+) -> None:
+    m = machine_in(S.CONNECTING if trigger == "connect_failed" else S.LIVE)
+    assert getattr(m, trigger)(0.0, wall, "lost")
+    assert (m.state, m.resume_at) == (dest, resume)
+
+
+def test_weekly_window_can_be_off() -> None:
+    m = live(policy=WatchdogPolicy(weekly_window=None))
+    assert m.disconnected(0.0, FRIDAY_NIGHT, "lost")
+    assert m.state is S.BACKOFF
 
 
 def test_data_lost_and_restored_are_recorded_internal_transitions() -> None:

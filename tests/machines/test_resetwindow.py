@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -10,10 +11,17 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ibkr_bridge.resetwindow import (
+    MAX_WEEKLY_HOURS,
+    NORTH_AMERICA_WEEKLY,
     WatchdogPolicy,
+    WeeklyWindow,
+    in_maintenance,
     in_reset_window,
+    in_weekly_window,
+    maintenance_resume,
     reset_wait_seconds,
     resume_time,
+    weekly_window_end,
 )
 
 NY = ZoneInfo("America/New_York")
@@ -237,3 +245,219 @@ def test_resume_time_in_a_zone_where_it_is_skipped_or_repeated() -> None:
     assert resume_time(first - timedelta(minutes=1), policy).astimezone(UTC) == first
     assert resume_time(first, policy).astimezone(UTC) == second
     assert resume_time(second, policy).astimezone(UTC) == datetime(2025, 11, 3, 5, 5, tzinfo=UTC)
+
+
+# --- the weekly maintenance window (issue 14.7) ----------------------------------------
+
+NA = NORTH_AMERICA_WEEKLY
+
+
+def test_default_weekly_window_is_north_america_friday_2300_to_saturday_0300() -> None:
+    assert POLICY.weekly_window == NA == WeeklyWindow(4, time(23, 0), 5, time(3, 0))
+    assert str(NA) == "Fri 23:00-Sat 03:00"
+    assert WeeklyWindow.parse(str(NA)) == NA
+    assert NA.seconds == 4 * 3600
+
+
+@pytest.mark.parametrize(
+    ("wall", "inside"),
+    [
+        (ny(2026, 3, 6, 22, 59), False),  # Friday
+        (datetime(2026, 3, 6, 22, 59, 59, 999999, tzinfo=NY), False),
+        (ny(2026, 3, 6, 23, 0), True),
+        (ny(2026, 3, 7, 0, 30), True),  # Saturday
+        (datetime(2026, 3, 7, 2, 59, 59, 999999, tzinfo=NY), True),
+        (ny(2026, 3, 7, 3, 0), False),  # the end is the reconnect time: outside
+        (ny(2026, 3, 5, 23, 30), False),  # a Thursday night
+        (ny(2026, 3, 7, 23, 30), False),  # a Saturday night
+        (ny(2026, 7, 10, 23, 30), True),  # summer time: New York local, not UTC
+        (datetime(2026, 7, 11, 3, 30, tzinfo=UTC), True),  # 23:30 EDT Friday
+        (datetime(2026, 1, 9, 23, 30, tzinfo=UTC), False),  # 18:30 EST Friday
+    ],
+)
+def test_in_weekly_window_boundaries(wall: datetime, inside: bool) -> None:
+    assert in_weekly_window(wall, POLICY) is inside
+    assert in_weekly_window(wall.astimezone(UTC), POLICY) is inside
+    end = weekly_window_end(wall, POLICY)
+    assert (end is not None) is inside
+
+
+@pytest.mark.parametrize(
+    ("wall", "expected"),
+    [
+        # Inside the weekly window only: its end.
+        (ny(2026, 3, 6, 23, 10), ny(2026, 3, 7, 3, 0)),
+        (ny(2026, 3, 7, 2, 0), ny(2026, 3, 7, 3, 0)),
+        # Inside both (23:45 Friday): the nightly 00:05 resume is inside the weekly window.
+        (ny(2026, 3, 6, 23, 45), ny(2026, 3, 7, 3, 0)),
+        # A nightly reset on any other day: 00:05 as before.
+        (ny(2026, 3, 5, 23, 45), ny(2026, 3, 6, 0, 5)),
+        (ny(2026, 3, 7, 23, 45), ny(2026, 3, 8, 0, 5)),  # Saturday night, spring-forward day
+    ],
+)
+def test_maintenance_resume_examples(wall: datetime, expected: datetime) -> None:
+    assert in_maintenance(wall, POLICY)
+    for given_as in (wall, wall.astimezone(UTC)):
+        resume = maintenance_resume(given_as, POLICY)
+        assert resume == expected
+        assert resume.tzinfo is NY
+
+
+def test_weekly_window_off_leaves_the_nightly_reset_alone() -> None:
+    policy = WatchdogPolicy(weekly_window=None)
+    assert not in_weekly_window(ny(2026, 3, 6, 23, 10), policy)
+    assert not in_maintenance(ny(2026, 3, 6, 23, 10), policy)
+    assert weekly_window_end(ny(2026, 3, 6, 23, 10), policy) is None
+    assert maintenance_resume(ny(2026, 3, 6, 23, 45), policy) == ny(2026, 3, 7, 0, 5)
+
+
+def test_a_weekly_end_inside_the_nightly_window_waits_for_the_nightly_resume() -> None:
+    policy = WatchdogPolicy(weekly_window=WeeklyWindow(5, time(20, 0), 5, time(23, 50)))
+    assert maintenance_resume(ny(2026, 3, 7, 21, 0), policy) == ny(2026, 3, 8, 0, 5)
+
+
+def test_a_window_may_wrap_the_week() -> None:
+    policy = WatchdogPolicy(weekly_window=WeeklyWindow.parse("Sun 22:00-Mon 01:00"))
+    sunday = ny(2026, 3, 15, 22, 30)
+    assert sunday.weekday() == 6
+    assert in_weekly_window(sunday, policy)
+    assert in_weekly_window(ny(2026, 3, 16, 0, 59), policy)
+    assert maintenance_resume(sunday, policy) == ny(2026, 3, 16, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Fri 23:00", "is not a weekly window"),
+        ("Fri 23:00-Sat 03:00 extra", "is not a weekly window"),
+        ("Frid 23:00-Sat 03:00", "'Frid' is not a day of the week"),
+        ("Fri 25:00-Sat 03:00", "25:00 is not a time of day"),
+        ("Fri 23:00-Fri 23:00", "is empty"),
+        ("Thu 23:00-Sat 23:01", "lasts 48.0167 h (at most 48 h)"),
+    ],
+)
+def test_weekly_window_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        WeeklyWindow.parse(text)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"start_day": 7, "start": time(1), "end_day": 0, "end": time(2)},
+        {"start_day": -1, "start": time(1), "end_day": 0, "end": time(2)},
+        {"start_day": True, "start": time(1), "end_day": 0, "end": time(2)},
+        {"start_day": 0, "start": time(1, tzinfo=UTC), "end_day": 0, "end": time(2)},
+    ],
+)
+def test_weekly_window_rejects_bad_fields(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        WeeklyWindow(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weekly_window"):
+        WatchdogPolicy(weekly_window="Fri 23:00-Sat 03:00")  # type: ignore[arg-type]
+
+
+# A window across the US change (Sunday 02:00): Saturday 23:00 to Sunday 03:00 New York.
+ACROSS_DST = WatchdogPolicy(weekly_window=WeeklyWindow.parse("Sat 23:00-Sun 03:00"))
+
+
+@pytest.mark.parametrize("year", range(2020, 2036))
+def test_weekly_window_across_every_dst_change_2020_2035(year: int) -> None:
+    for day, hours in zip(dst_days(year), (3, 5), strict=True):  # spring: 3 h, fall: 5 h
+        start = datetime.combine(day - timedelta(days=1), time(23, 0), tzinfo=NY)
+        end = weekly_window_end(start, ACROSS_DST)
+        assert end is not None
+        assert (end.hour, end.minute, end.date()) == (3, 0, day)
+        assert (end.astimezone(UTC) - start.astimezone(UTC)) == timedelta(hours=hours)
+        # Never leaves and re-enters: every minute of the real span is inside, the end not.
+        instant = start.astimezone(UTC)
+        while instant < end.astimezone(UTC):
+            assert in_weekly_window(instant, ACROSS_DST), instant
+            assert maintenance_resume(instant, ACROSS_DST) == end
+            instant += timedelta(minutes=7)
+        assert not in_weekly_window(end, ACROSS_DST)
+        assert not in_weekly_window(start - timedelta(microseconds=1), ACROSS_DST)
+
+
+def test_a_repeated_end_hour_waits_for_its_last_occurrence() -> None:
+    # 2026-11-01 01:30 happens twice in New York; the window ends at the second (EST) one,
+    # so the local clock showing 01:00-01:30 again does not look like "after the window".
+    policy = WatchdogPolicy(weekly_window=WeeklyWindow.parse("Sun 00:30-Sun 01:30"))
+    end = weekly_window_end(ny(2026, 11, 1, 0, 45), policy)
+    assert end is not None
+    assert end.astimezone(UTC) == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)  # 01:30 EST
+    assert in_weekly_window(datetime(2026, 11, 1, 6, 15, tzinfo=UTC), policy)  # 01:15 EST
+
+
+_ZONES = ["America/New_York", "Europe/London", "Australia/Sydney", "America/Havana", "UTC"]
+
+
+@st.composite
+def weekly_policies(draw: st.DrawFn) -> WatchdogPolicy:
+    start_day = draw(st.integers(0, 6))
+    start_minute = draw(st.integers(0, 24 * 60 - 1))
+    length = draw(st.integers(1, MAX_WEEKLY_HOURS * 60))
+    end_minute = (start_day * 1440 + start_minute + length) % (7 * 1440)
+    window = WeeklyWindow(
+        start_day,
+        time(start_minute // 60, start_minute % 60),
+        end_minute // 1440,
+        time(end_minute % 1440 // 60, end_minute % 60),
+    )
+    return WatchdogPolicy(tz=draw(st.sampled_from(_ZONES)), weekly_window=window)
+
+
+def _offset_steady(wall: datetime, zone: ZoneInfo) -> bool:
+    """No UTC-offset change within 50 h either side (so local and real time agree)."""
+    instant = wall.astimezone(UTC)
+    offsets = {(instant + timedelta(hours=h)).astimezone(zone).utcoffset() for h in range(-50, 51)}
+    return len(offsets) == 1
+
+
+def _naive_inside(wall: datetime, policy: WatchdogPolicy) -> bool:
+    window = policy.weekly_window
+    assert window is not None
+    local = wall.astimezone(policy.zone)
+    second = local.weekday() * 86400 + local.hour * 3600 + local.minute * 60 + local.second
+    start = window.start_day * 86400 + window.start.hour * 3600 + window.start.minute * 60
+    return (second - start) % (7 * 86400) < window.seconds
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2020, 1, 1),
+        max_value=datetime(2035, 12, 31),
+        timezones=st.sampled_from([UTC, NY, timezone(timedelta(hours=9))]),
+    ),
+    weekly_policies(),
+)
+@example(datetime(2026, 3, 8, 6, 59, tzinfo=UTC), ACROSS_DST)  # 01:59 EST, spring-forward
+@example(datetime(2026, 11, 1, 5, 59, tzinfo=UTC), ACROSS_DST)  # 01:59 EDT, fall-back
+@example(datetime(2026, 3, 7, 4, 45, tzinfo=UTC), POLICY)  # 23:45 Friday EST: both windows
+def test_weekly_window_properties(wall: datetime, policy: WatchdogPolicy) -> None:
+    window = policy.weekly_window
+    assert window is not None
+    resume = maintenance_resume(wall, policy)
+    instant = wall.astimezone(UTC)
+    # Strictly after, outside every window, within a weekly window + a day (+ DST hours).
+    assert resume.astimezone(UTC) > instant
+    assert not in_maintenance(resume, policy)
+    assert resume.astimezone(UTC) - instant <= timedelta(hours=MAX_WEEKLY_HOURS + 1 + 25)
+    end = weekly_window_end(wall, policy)
+    assert (end is not None) is in_weekly_window(wall, policy)
+    if _offset_steady(wall, policy.zone):
+        # Away from DST changes the window is exactly the local-clock one.
+        assert in_weekly_window(wall, policy) is _naive_inside(wall, policy)
+    if end is None:
+        return
+    real = end.astimezone(UTC)
+    assert real > instant
+    assert real <= instant + timedelta(seconds=window.seconds, hours=1)
+    assert not in_weekly_window(end, policy)
+    assert resume.astimezone(UTC) >= real
+    # The occurrence is an interval: every instant from ``wall`` to its end is inside.
+    for k in range(1, 12):
+        assert in_weekly_window(instant + (real - instant) * k / 12, policy)
+    local = end.astimezone(policy.zone)
+    if _offset_steady(end, policy.zone):
+        assert (local.weekday(), local.time()) == (window.end_day, window.end)

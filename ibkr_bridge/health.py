@@ -41,7 +41,7 @@ from .clock import Clock, SystemClock
 from .errors import LifecycleError
 from .machines import BREAKER_SPEC, CONNECTION_SPEC, BreakerState, ConnectionState
 from .records import ApiEvent, GreeksRow
-from .resetwindow import WatchdogPolicy, in_reset_window
+from .resetwindow import WatchdogPolicy, in_maintenance, in_weekly_window
 from .sink import SinkStats
 
 if TYPE_CHECKING:
@@ -409,11 +409,17 @@ class HealthServer:
         if state == _S.STOPPED:
             reasons.append("the bridge is stopped")
         elif state == _S.RESET_WAIT:
-            note = "waiting out IBKR's nightly reset"
+            note = "waiting out IBKR's nightly reset or weekly maintenance"
         elif state == _S.LIVE and status.stale:
             stale_for = now - (t.stale_since if t.stale_since is not None else t.started_at)
-            if in_reset_window(self._clock.now(), self._watchdog):
-                note = "IB reports lost connectivity (1100) during the nightly reset window"
+            wall = self._clock.now()
+            if in_maintenance(wall, self._watchdog):
+                which = (
+                    "weekly maintenance"
+                    if in_weekly_window(wall, self._watchdog)
+                    else "nightly reset"
+                )
+                note = f"IB reports lost connectivity (1100) during the {which} window"
             elif stale_for > policy.stale_grace:
                 reasons.append(
                     f"IB has reported lost connectivity (1100) for {_seconds(stale_for)} "

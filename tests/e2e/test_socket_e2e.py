@@ -131,7 +131,8 @@ async def test_rows_at_cadence_equal_an_independent_recomputation(world: World) 
 async def test_gateway_restart_in_reset_window_waits_until_0005_et(
     db: TestDatabase, tmp_path: Path
 ) -> None:
-    start = datetime(2026, 11, 6, 23, 44, 30, tzinfo=NY)
+    # A Thursday: on a Friday night the weekly maintenance window holds the reconnect to 03:00.
+    start = datetime(2026, 11, 5, 23, 44, 30, tzinfo=NY)
     async for w in make_world(db, tmp_path, start):
         await w.live_with_data()
         await w.ticks(6)  # 23:45:00 ET
@@ -147,6 +148,31 @@ async def test_gateway_restart_in_reset_window_waits_until_0005_et(
         waits = await w.events("dest_state = 'RESET_WAIT'")
         assert len(waits) == 1
         assert (await w.events("event = 'reconnect'"))[-1]["status"] == "info"
+
+
+async def test_gateway_restart_in_the_weekly_window_waits_until_saturday_0300_et(
+    db: TestDatabase, tmp_path: Path
+) -> None:
+    # Friday 23:44:30 New York: inside the nightly window and the weekly one (Fri 23:00 to
+    # Sat 03:00). The nightly 00:05 resume lies inside the weekly window, so 03:00 it is.
+    start = datetime(2026, 11, 6, 23, 44, 30, tzinfo=NY)
+    async for w in make_world(db, tmp_path, start):
+        await w.live_with_data()
+        await w.ticks(6)  # 23:45:00 ET
+        await w.sim.restart()
+        await wait_until(lambda w=w: w.state is ConnectionState.RESET_WAIT)
+        before = w.sim.connections_accepted
+        await w.clock.advance(20 * 60 + 60)  # 00:06 ET: past the nightly resume, still waiting
+        assert w.state is ConnectionState.RESET_WAIT
+        await w.clock.advance(3 * 3600 - 7 * 60)  # 02:59 ET
+        assert w.state is ConnectionState.RESET_WAIT
+        assert w.sim.connections_accepted == before  # not one attempt in the window
+        await w.clock.advance(60)
+        await wait_until(lambda w=w: w.state is ConnectionState.LIVE)
+        assert w.clock.now().astimezone(NY).strftime("%a %H:%M") == "Sat 03:00"
+        waits = await w.events("dest_state = 'RESET_WAIT'")
+        assert len(waits) == 1
+        assert json.loads(waits[0]["detail"])["window"] == "weekly"
 
 
 async def test_refused_gateway_backs_off_5_10_20_then_steady(world: World) -> None:

@@ -65,6 +65,7 @@ def child_env(sim_port: int, dsn: str, buffer: Path) -> dict[str, str]:
             "BRIDGE_STEADY_RETRY": "0.5",
             "BRIDGE_RESET_WINDOW": f"{start:%H:%M}-{end:%H:%M}",
             "BRIDGE_RESET_RESUME": f"{resume:%H:%M}",
+            "BRIDGE_WEEKLY_WINDOW": "off",  # real clocks: a Friday-night run must not wait
             "BRIDGE_LOG_LEVEL": "WARNING",
         }
     )

@@ -539,7 +539,8 @@ BAD_VALUES: dict[str, str] = {
     "DATABASE_URL": "mysql://me:s3cret-pw@db/x",
     "PGPORT": "0",
 }
-# Taken verbatim by design (a password may hold any character): no value is bad.
+# Taken verbatim by design: any printable text is good (control characters and over-long
+# values are refused, see tests/test_config.py).
 FREE_TEXT = {"PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE"}
 SECRET = "s3cret-pw"
 

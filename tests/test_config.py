@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import typing
 from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -456,13 +458,19 @@ def test_any_other_api_mode_is_refused(text: str) -> None:
 
 # --- bounds, lengths, control characters (issue 14.9) ----------------------------------
 
-NUMERIC_TYPES = {"int", "float", "_ByteSize", "tuple[float, ...]", "int | None"}
+
+def _numeric_type(kind: Any) -> bool:
+    supertype = getattr(kind, "__supertype__", None)  # a NewType such as _ByteSize
+    if supertype is not None:
+        return _numeric_type(supertype)
+    args = [arg for arg in typing.get_args(kind) if arg not in (type(None), Ellipsis)]
+    if args:  # Optional[...], tuple[float, ...]
+        return any(_numeric_type(arg) for arg in args)
+    return kind in (int, float)
 
 
 def _numeric(key: SettingKey) -> bool:
-    kind = key.parse_as
-    name = getattr(kind, "__name__", None) or str(kind)
-    return name in NUMERIC_TYPES or str(kind) in NUMERIC_TYPES
+    return _numeric_type(key.parse_as)
 
 
 def test_every_numeric_setting_declares_bounds() -> None:
@@ -471,6 +479,10 @@ def test_every_numeric_setting_declares_bounds() -> None:
     assert "BRIDGE_POLL_INTERVAL" in numeric
     assert "BRIDGE_BACKOFF" in numeric
     assert "PGPORT" in numeric
+    assert "BRIDGE_BUFFER_MAX_BYTES" in numeric
+    assert "BRIDGE_HTTP_PORT" in numeric  # int | None
+    assert "IBKR_VERIFY_TLS" not in numeric
+    assert "BRIDGE_RESET_WINDOW" not in numeric
     assert [env for env in numeric if _key(env).bounds is None] == []
 
 

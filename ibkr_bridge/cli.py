@@ -21,7 +21,8 @@ Commands:
 
 Exit codes (:data:`EXIT_OK` ...): 0 ok; 1 a check failed or a runtime failure; 2 bad
 configuration or usage (argparse's own 2); 3 the bridge's tables exist in a shape it cannot
-write to; 4 the buffer is locked by another running bridge.
+write to; 4 the buffer is locked by another running bridge (for ``replay-rejected``: another
+replay is running). ``replay-rejected`` exits 1 when anything stays in ``.rejected``.
 
 Heavy modules are imported by the command that needs them, so ``--help`` stays quick.
 """
@@ -64,7 +65,7 @@ exit codes:
   1  a check failed, or a runtime failure
   2  bad configuration or usage
   3  the bridge's tables exist in a shape it cannot write to
-  4  the buffer is locked by another running bridge"""
+  4  the buffer is locked by another running bridge (replay-rejected: another replay)"""
 
 PROG: Final = "ibkr-bridge"
 

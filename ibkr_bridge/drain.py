@@ -180,6 +180,10 @@ class RejectedFile:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != snapshot.identity or st.st_size < snapshot.size:
                     raise RejectedFileChangedError(f"{self.path} was replaced during the replay")
+                with contextlib.suppress(PermissionError):
+                    # Run as root (to read the root-only settings), the replacement must
+                    # still belong to the bridge's user, or its next append would fail.
+                    os.fchown(replacement, st.st_uid, st.st_gid)
                 appended = 0
                 pos = snapshot.size
                 while chunk := os.pread(fd, _CHUNK, pos):

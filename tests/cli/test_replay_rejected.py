@@ -382,6 +382,19 @@ async def test_a_database_lost_part_way_keeps_everything_not_committed(world: Wo
     assert await world.keys() == sorted(r.key for r in items)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+async def test_a_replay_run_as_root_keeps_the_bridge_users_file(world: World) -> None:
+    await world.sql(GREEKS_CHECK.format(cap=100))
+    await world.reject(rows([150.0, 250.0]))
+    await world.sql("ALTER TABLE portfolio_greeks DROP CONSTRAINT delta_cap")
+    await world.sql(GREEKS_CHECK.format(cap=200))
+    os.chown(world.rejected_path, 65534, 65534)  # as if the bridge's own user made it
+    done = await world.run("buffer", "replay-rejected", "--apply")
+    assert done.code == 1, done.err  # the 250 stays
+    st = world.rejected_path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+
+
 # --- buffer status -----------------------------------------------------------------------
 
 

@@ -222,7 +222,7 @@ def reason_of(error: object) -> str:
 def _reason_and_time(line: bytes) -> tuple[str | None, datetime | None]:
     try:
         entry = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # a hand-edited line: shown as "no reason"
         return None, None
     if not isinstance(entry, dict):
         return None, None

@@ -30,7 +30,7 @@ import attrs
 
 from .drain import NO_REASON, RejectedFile, _write_all, reason_of
 from .errors import PermanentStoreError, TransientStoreError
-from .records import Record, RecordFormatError, record_from_json
+from .records import Record, record_from_json
 from .store import Store
 
 
@@ -95,7 +95,7 @@ def parse_entry(line: int, raw: bytes) -> Entry:
     """One ``.rejected`` line; never raises (a bad line is an Entry with a problem)."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 is a ValueError too
         return Entry(line, raw, NO_REASON, None, f"not JSON: {exc}")
     if not isinstance(obj, dict):
         return Entry(line, raw, NO_REASON, None, "not a .rejected entry (not a JSON object)")
@@ -105,7 +105,9 @@ def parse_entry(line: int, raw: bytes) -> Entry:
         return Entry(line, raw, reason, None, 'not a .rejected entry (no "record" string)')
     try:
         record = record_from_json(text)
-    except RecordFormatError as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
+        # RecordFormatError mostly; a hand-edited line can also trip the decoder itself
+        # (``"data": ["abc"]``, nesting too deep) and must be reported, not crash.
         return Entry(line, raw, reason, None, f"invalid record: {exc}")
     return Entry(line, raw, reason, record, None)
 

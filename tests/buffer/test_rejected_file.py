@@ -81,3 +81,10 @@ def test_summary_counts_entries_and_reads_the_oldest(tmp_path: Path) -> None:
     assert found.oldest_error == "first reason\nDETAIL: the row"
     assert found.oldest_at is not None
     assert rejects.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_summary_of_a_file_whose_first_line_is_garbage(tmp_path: Path) -> None:
+    rejects = RejectedFile(tmp_path / "buffer.jsonl")
+    rejects.path.write_bytes(b"[" * 100_000 + b"\n" + b"\xff\xfe\n")
+    found = rejects.summary()
+    assert (found.records, found.oldest_error, found.oldest_at) == (2, None, None)

@@ -253,6 +253,9 @@ async def test_what_still_fails_stays_in_order_and_bad_lines_are_reported(
         f.write(b"\n")  # a blank line carries nothing
         f.write(json.dumps({"error": "x", "no_record": 1}).encode() + b"\n")
         f.write(json.dumps({"error": "bad", "record": json.dumps(nan)}).encode() + b"\n")
+        odd = '{"v":1,"type":"greeks","key":"k","data":["abc"]}'  # trips dict() itself
+        f.write(json.dumps({"error": "odd", "record": odd}).encode() + b"\n")
+        f.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")  # too deep for the decoder
     lines_before = world.rejected_path.read_bytes().splitlines()
     # The cause is only partly fixed: 150 and 160 fit now, 250 and 260 still do not.
     await world.sql("ALTER TABLE portfolio_greeks DROP CONSTRAINT delta_cap")
@@ -261,10 +264,12 @@ async def test_what_still_fails_stays_in_order_and_bad_lines_are_reported(
     dry = await world.run("buffer", "replay-rejected")
     assert dry.code == 1  # something would stay
     assert "would send 4 records" in dry.out
-    assert "cannot be sent as they are, would stay in the file: 3" in dry.out
+    assert "cannot be sent as they are, would stay in the file: 5" in dry.out
     assert "line 5: not JSON" in dry.out
     assert 'line 7: not a .rejected entry (no "record" string)' in dry.out
     assert "line 8: invalid record" in dry.out
+    assert "line 9: invalid record" in dry.out
+    assert "line 10: not JSON" in dry.out
 
     done = await world.run("buffer", "replay-rejected", "--apply", "--json")
     assert done.code == 1, done.err
@@ -272,17 +277,17 @@ async def test_what_still_fails_stays_in_order_and_bad_lines_are_reported(
     assert got["sent"] == 2
     assert [r["line"] for r in got["refused"]] == [2, 4]
     assert all("delta_cap" in r["error"] for r in got["refused"])
-    assert [u["line"] for u in got["unusable"]] == [5, 7, 8]
-    assert got["kept"] == 5
+    assert [u["line"] for u in got["unusable"]] == [5, 7, 8, 9, 10]
+    assert got["kept"] == 7
     assert await world.keys() == sorted([items[0].key, items[2].key])
 
     kept = world.rejected_path.read_bytes().splitlines()
-    assert len(kept) == 5  # the blank line is gone, nothing else
+    assert len(kept) == 7  # the blank line is gone, nothing else
     assert [json.loads(json.loads(k)["record"])["key"] for k in kept[:2]] == [
         items[1].key,
         items[3].key,
     ]
-    assert kept[2:] == [lines_before[4], lines_before[6], lines_before[7]]  # verbatim
+    assert kept[2:] == [lines_before[i] for i in (4, 6, 7, 8, 9)]  # verbatim
     assert world.rejected_path.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in world.rejected_path.parent.iterdir()) == [
         "buffer.jsonl.rejected"  # no replacement file left behind

@@ -144,8 +144,10 @@ async def replay_rejected(
         report.exists = False
         return report
     fd, snapshot = found
-    replacement = rejects.open_replacement() if store is not None else None
+    replacement: int | None = None
     try:
+        if store is not None:
+            replacement = rejects.open_replacement()  # BlockingIOError: another replay
         batch: list[Entry] = []
         for entry in read_entries(fd, snapshot.size):
             report.entries += 1

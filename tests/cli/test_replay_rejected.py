@@ -324,6 +324,17 @@ async def test_database_unreachable_or_wrong_shape_sends_nothing(world: World) -
     bad_config = await world.run("buffer", "replay-rejected", env={"BRIDGE_POLL_INTERVAL": "x"})
     assert bad_config.code == 2
 
+    await world.sql("ALTER TABLE api_logs RENAME COLUMN msg TO message")
+    held = RejectedFile(world.buffer_path).open_replacement()  # a replay in this process
+    try:
+        busy = await world.run("buffer", "replay-rejected", "--apply")
+    finally:
+        os.close(held)
+    assert busy.code == 4, busy.err
+    assert "another replay-rejected is running" in busy.err
+    assert world.rejected_path.read_bytes() == before
+    assert await world.keys() == []
+
 
 async def test_entries_added_by_a_running_bridge_during_a_replay_are_kept(
     world: World,

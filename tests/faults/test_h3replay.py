@@ -90,6 +90,13 @@ CASES = [
         note="steps of 5 s and 12 s: rows stamped 1 us apart until the wall clock catches up",
     ),
     Case(
+        "portal-clock-wall-steps-back",
+        wall_clock_steps_back,
+        mode="PORTAL",
+        verify=one_clock_step_event_per_step,
+        note="the same in PORTAL mode (freshness is judged at the row's time)",
+    ),
+    Case(
         "db-rejects-rows-then-replayed",
         rows_rejected_then_replayed,
         note="`buffer replay-rejected --apply` next to the running bridge; .rejected removed",

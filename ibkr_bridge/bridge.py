@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from .buffer import JsonlBuffer
-from .clock import Clock, SystemClock, cancel_and_wait
+from .clock import Clock, RowTimes, SystemClock, cancel_and_wait
 from .config import ApiMode, Settings, load_settings
 from .errors import LifecycleError, SchemaError, StoreError
 from .feed import Feed
@@ -134,6 +134,8 @@ class Bridge:
         self._ticks_skipped = 0
         self._skip_reason: str | None = None
         self._ever_live = False
+        # Kept across reconnects: row timestamps only ever increase for this bridge.
+        self._row_times = RowTimes()
         self._final_pending = 0
         self._health: HealthServer | None = None
 
@@ -506,7 +508,7 @@ class Bridge:
             self._skip("data is stale (IB reports lost connectivity)")
             return None
         try:
-            rows = self._feed.snapshot(self._clock.now())
+            rows = self._feed.snapshot(self._row_time())
         except Exception as exc:  # a feed bug must not end the writer
             log.exception("snapshot failed")
             self._skip(f"snapshot failed: {_describe_error(exc)}")
@@ -527,6 +529,25 @@ class Bridge:
             except Exception:
                 log.exception("row callback failed")
         return rows
+
+    def _row_time(self) -> datetime:
+        """This tick's timestamp: the wall clock, kept strictly increasing (RowTimes)."""
+        wall = self._clock.now()
+        last = self._row_times.last
+        stamp = self._row_times.next(wall)
+        if stamp.stepped_back is not None:
+            self._event(
+                "clock_step",
+                f"the wall clock stepped back {stamp.stepped_back:g} s; rows are stamped "
+                "1 microsecond after the previous one until it catches up",
+                status="warning",
+                detail={
+                    "behind_seconds": stamp.stepped_back,
+                    "wall": wall.isoformat(),
+                    "last_timestamp": last.isoformat() if last else None,
+                },
+            )
+        return stamp.timestamp
 
     def _skip(self, reason: str) -> None:
         self._ticks_skipped += 1

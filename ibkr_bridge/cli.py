@@ -11,13 +11,18 @@ Commands:
 ``schema``
     Prints the DDL of the bridge's tables; ``--apply`` creates them (never alters them).
 ``buffer status`` / ``buffer drain``
-    What the crash-safe buffer holds; drain it into the database now.
+    What the crash-safe buffer holds (and how many records ``.rejected`` keeps); drain it
+    into the database now.
+``buffer replay-rejected [--apply]``
+    What ``<buffer>.rejected`` would send (dry run), or send it through the idempotent path
+    and keep only what still fails (:mod:`ibkr_bridge.replay`).
 ``sim socket|portal``
     Runs an IBKR simulator: ``python -m ibkr_bridge.sim`` (its options follow the name).
 
 Exit codes (:data:`EXIT_OK` ...): 0 ok; 1 a check failed or a runtime failure; 2 bad
 configuration or usage (argparse's own 2); 3 the bridge's tables exist in a shape it cannot
-write to; 4 the buffer is locked by another running bridge.
+write to; 4 the buffer is locked by another running bridge (for ``replay-rejected``: another
+replay is running). ``replay-rejected`` exits 1 when anything stays in ``.rejected``.
 
 Heavy modules are imported by the command that needs them, so ``--help`` stays quick.
 """
@@ -43,6 +48,7 @@ from .logs import configure_logging, redact_secrets
 
 if TYPE_CHECKING:
     from .drain import DrainProgress
+    from .replay import ReplayReport
     from .store import Store
 
 log = logging.getLogger("ibkr_bridge")
@@ -59,7 +65,7 @@ exit codes:
   1  a check failed, or a runtime failure
   2  bad configuration or usage
   3  the bridge's tables exist in a shape it cannot write to
-  4  the buffer is locked by another running bridge"""
+  4  the buffer is locked by another running bridge (replay-rejected: another replay)"""
 
 PROG: Final = "ibkr-bridge"
 
@@ -227,15 +233,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_buffer_status(args: argparse.Namespace) -> int:
     from .buffer import inspect_buffer
     from .doctor import render_buffer_status
+    from .drain import RejectedFile
 
     settings = _settings_or_exit(args)
     if isinstance(settings, int):
         return settings
     found = inspect_buffer(settings.buffer_path)
+    rejected = RejectedFile(settings.buffer_path).summary()
     if args.json:
-        print(json.dumps(found.to_json(), indent=2))
+        print(json.dumps({**found.to_json(), "rejected": rejected.to_json()}, indent=2))
     else:
-        print(render_buffer_status(found))
+        print(render_buffer_status(found, rejected))
     return EXIT_FAILURE if found.error else EXIT_OK
 
 
@@ -342,6 +350,120 @@ def cmd_buffer_drain(args: argparse.Namespace) -> int:
         return asyncio.run(_drain(settings, buffer))
     finally:
         buffer.close()
+
+
+_LISTED: Final = 20  # lines named one by one in replay-rejected's text output
+
+
+def _render_replay(report: ReplayReport, where: str) -> str:
+    from .drain import reason_of
+
+    path = report.path
+    if not report.exists:
+        return f"{path}: no file: nothing was rejected"
+    out = [f"{path}: {report.entries} entries"]
+    if report.applied:
+        out.append(
+            f"sent {report.sent} records to {where} (any already there were skipped, not "
+            "written twice)"
+        )
+    else:
+        out.append(
+            f"would send {report.sendable} records (dry run: nothing was sent; --apply sends)"
+        )
+    if report.by_kind:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.by_kind.items()))
+        out.append(f"  by kind: {kinds}")
+        out.append("  by reason they were rejected:")
+        out.extend(f"    {n:>6}  {reason}" for reason, n in report.by_reason.most_common())
+
+    def listed(title: str, items: list[tuple[int, str]]) -> None:
+        if not items:
+            return
+        out.append(f"{title}: {len(items)}")
+        out.extend(f"  line {n}: {redact_secrets(reason_of(text))}" for n, text in items[:_LISTED])
+        if len(items) > _LISTED:
+            out.append(f"  ... and {len(items) - _LISTED} more")
+
+    stay = "kept in the file" if report.applied else "would stay in the file"
+    listed(f"cannot be sent as they are, {stay}", report.unusable)
+    listed("refused again by PostgreSQL, kept with the new reason", report.refused)
+    if report.stopped is not None:
+        why = redact_secrets(reason_of(report.stopped))
+        out.append(
+            f"stopped: {why}; {report.not_attempted} records not sent, kept in the file: "
+            "run again when the database answers"
+        )
+    if report.applied:
+        left = report.kept + report.appended_meanwhile
+        out.append(
+            f"{path}: {left} entries left"
+            + (
+                f" ({report.appended_meanwhile} added meanwhile)"
+                if report.appended_meanwhile
+                else ""
+            )
+            if left
+            else f"{path}: removed, nothing left to replay"
+        )
+    return "\n".join(out)
+
+
+async def _replay(settings: Settings, apply: bool) -> ReplayReport | int:
+    from .drain import RejectedFile, RejectedFileChangedError
+    from .replay import replay_rejected
+
+    rejects = RejectedFile(settings.buffer_path)
+    where = settings.database.redacted()
+    if not apply:
+        return await replay_rejected(rejects, None)
+    if not rejects.path.exists():
+        return await replay_rejected(rejects, None)  # the same "no file" answer, no database
+    store = await _open_store(settings)
+    try:
+        try:
+            await store.ensure_schema()
+        except SchemaError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_SCHEMA
+        except StoreError as exc:
+            print(f"{PROG}: {where}: {exc}; nothing sent", file=sys.stderr)
+            return EXIT_FAILURE
+        try:
+            return await replay_rejected(rejects, store, batch_size=settings.batch_size)
+        except BlockingIOError:
+            print(
+                f"{PROG}: another replay-rejected is running on {rejects.path}",
+                file=sys.stderr,
+            )
+            return EXIT_LOCKED
+        except RejectedFileChangedError as exc:
+            print(
+                f"{PROG}: {exc}; it was left as it is. What was sent is in the database; "
+                "run again to finish (nothing is written twice)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+    finally:
+        await store.close()
+
+
+def cmd_buffer_replay_rejected(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit(args)
+    if isinstance(settings, int):
+        return settings
+    try:
+        report = asyncio.run(_replay(settings, args.apply))
+    except OSError as exc:  # e.g. the file or its directory cannot be read or written
+        print(f"{PROG}: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(report, int):
+        return report
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(_render_replay(report, settings.database.redacted()))
+    return EXIT_FAILURE if report.kept or report.stopped else EXIT_OK
 
 
 # --- sim -------------------------------------------------------------------------------
@@ -452,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     buffer_sub = buffer.add_subparsers(dest="buffer_command", metavar="ACTION", required=True)
     status = buffer_sub.add_parser(
         "status",
-        help="pending records, oldest/newest, size, quarantined lines",
+        help="pending records, oldest/newest, size, quarantined and rejected lines",
         description="Show what the buffer holds, read-only (works while a bridge runs).",
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
@@ -471,6 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_options(drain, mode=False)
     drain.set_defaults(func=cmd_buffer_drain)
+    replay = buffer_sub.add_parser(
+        "replay-rejected",
+        help="send the records PostgreSQL refused (dry run unless --apply)",
+        description="Send the records kept in <buffer>.rejected again, once the cause is "
+        "fixed. Without --apply: say what would be sent (by kind and by the reason it was "
+        "rejected) and send nothing. With --apply: validate each record as a live row, "
+        "write it idempotently (a record already in the database is skipped) and rewrite "
+        "the file with only what still fails. Safe next to a running bridge and safe to run "
+        "twice. Exit code 1 when anything stays in the file.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    _config_options(replay, mode=False)
+    replay.add_argument("--apply", action="store_true", help="send them now")
+    replay.add_argument("--json", action="store_true", help="print a JSON object")
+    replay.set_defaults(func=cmd_buffer_replay_rejected)
 
     sim = command(
         "sim",

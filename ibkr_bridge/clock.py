@@ -13,7 +13,9 @@ import heapq
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+import attrs
 
 
 class Clock(Protocol):
@@ -121,6 +123,59 @@ class FakeClock:
         if when.tzinfo is None:
             raise ValueError("wall time must be timezone-aware")
         self._wall = when
+
+
+ROW_TIME_STEP: Final = timedelta(microseconds=1)  # PostgreSQL timestamptz resolution
+
+
+@attrs.frozen
+class RowTime:
+    """The timestamp one tick's rows carry, and whether it opened a step-back episode."""
+
+    timestamp: datetime
+    # Set on the first tick of an episode only: how far the wall clock was behind the
+    # last timestamp written (seconds, >= 0), so the caller logs one event per episode.
+    stepped_back: float | None = None
+
+
+class RowTimes:
+    """Strictly increasing row timestamps from a wall clock that may step back.
+
+    The rule: a tick's timestamp is the wall clock, unless the wall clock is at or before
+    the last timestamp handed out; then it is that last timestamp plus one microsecond.
+    Readers can then use (contract, timestamp) as a key and ``ORDER BY timestamp`` as the
+    order rows were written, even across an NTP step. An episode runs from the first tick
+    that needed the rule until the wall clock is past the last timestamp again. Pure: the
+    wall time is passed in.
+    """
+
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+        self._behind = False
+
+    @property
+    def last(self) -> datetime | None:
+        return self._last
+
+    @property
+    def behind(self) -> bool:
+        """True while the wall clock has not caught up with the timestamps written."""
+        return self._behind
+
+    def next(self, wall: datetime) -> RowTime:
+        if wall.tzinfo is None:
+            raise ValueError(f"wall time must be timezone-aware, got {wall!r}")
+        last = self._last
+        if last is None or wall > last:
+            self._last = wall
+            self._behind = False
+            return RowTime(wall)
+        stamp = last + ROW_TIME_STEP
+        self._last = stamp
+        if self._behind:
+            return RowTime(stamp)
+        self._behind = True
+        return RowTime(stamp, stepped_back=(last - wall).total_seconds())
 
 
 async def _settle(rounds: int = 20) -> None:

@@ -48,6 +48,7 @@ from ib_async.client import Client
 from .buffer import BufferReport, inspect_buffer
 from .cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA
 from .config import ApiMode, ConfigError, DatabaseConfig, Settings, load_settings
+from .drain import RejectedFile, RejectedSummary, reason_of
 from .logs import redact_secrets
 from .portal_feed import api_root
 from .schema import EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema
@@ -553,7 +554,30 @@ def check_buffer(path: Path, max_bytes: int) -> CheckResult:
     if found.notes:
         status = "WARN"
         lines.extend(found.notes)
+    rejected = RejectedFile(path).summary()
+    data["rejected"] = rejected.to_json()
+    if rejected.records or rejected.error:
+        status = "WARN"
+        lines.append(
+            f"{rejected.records} records refused by PostgreSQL kept in {rejected.path}"
+            if not rejected.error
+            else f"{rejected.path}: {rejected.error}"
+        )
+        if rejected.records:
+            lines.append("see them with `ibkr-bridge buffer replay-rejected`, send with --apply")
     return CheckResult("buffer", status, "\n".join(lines), data)
+
+
+def _rejected_rows(rejected: RejectedSummary) -> list[tuple[str, str]]:
+    rows = [("rejected", f"{rejected.records} records ({rejected.path})")]
+    if rejected.error:
+        rows.append(("rejected error", rejected.error))
+    elif rejected.records:
+        when = rejected.oldest_at.isoformat() if rejected.oldest_at else "time not recorded"
+        reason = redact_secrets(reason_of(rejected.oldest_error))
+        rows.append(("oldest reject", f"{when}: {reason}"))
+        rows.append(("replay", "`ibkr-bridge buffer replay-rejected` (dry run, then --apply)"))
+    return rows
 
 
 def _existing_parent(path: Path) -> Path:
@@ -610,7 +634,7 @@ def render_table(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
-def render_buffer_status(found: BufferReport) -> str:
+def render_buffer_status(found: BufferReport, rejected: RejectedSummary | None = None) -> str:
     """``ibkr-bridge buffer status`` as text."""
     s = found.stats
     when = {
@@ -631,6 +655,8 @@ def render_buffer_status(found: BufferReport) -> str:
         ("file size", _size(s.file_bytes)),
         ("quarantined", f"{s.quarantined_lines} lines ({found.quarantine_path})"),
     ]
+    if rejected is not None:
+        rows += _rejected_rows(rejected)
     rows += [("note", note) for note in found.notes]
     if found.error:
         rows.append(("error", found.error))

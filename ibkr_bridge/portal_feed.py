@@ -95,6 +95,7 @@ UNDERLYING_CONID: Final = "6457"
 MARK: Final = "7635"
 SNAPSHOT_FIELDS: Final = (LAST, BID, ASK, DELTA, GAMMA, THETA, VEGA, IMPLIED_VOL, AVAILABILITY)
 _FIELD_SET: Final = frozenset(SNAPSHOT_FIELDS) | {UNDERLYING_CONID, MARK}
+_GREEK_FIELDS: Final = frozenset({DELTA, GAMMA, THETA, VEGA})
 
 PAGE_SIZE: Final = 100
 MAX_PAGES: Final = 100  # 10,000 positions: a garbage answer cannot page forever
@@ -324,6 +325,7 @@ class PortalFeed:
         self._positions_at = -math.inf
         self._market: dict[int, _Market] = {}
         self._leg_since = {}
+        self._greeks_at: dict[int, datetime] = {}  # conid -> time of its latest Greek fields
 
     @classmethod
     def from_settings(cls, settings: PortalSettings, clock: Clock | None = None) -> PortalFeed:
@@ -419,6 +421,7 @@ class PortalFeed:
 
     async def resubscribe(self) -> None:
         self._market.clear()
+        self._greeks_at.clear()
         await self._poll_snapshots()
 
     def snapshot(self, now: datetime) -> list[GreeksRow] | None:
@@ -433,14 +436,15 @@ class PortalFeed:
         for pos in positions.values():
             greeks: dict[str, float | None] = {}
             if pos.sec_type in OPTION_SEC_TYPES:
-                # The data's own timestamp (_updated) when the gateway sends one.
                 market = self._market.get(pos.conid)
                 since = self._leg_since.setdefault(pos.conid, mono)
+                # Timed by the data's own timestamp (_updated) when the gateway sends one.
+                greeks_at = self._greeks_at.get(pos.conid)
                 judged.append(
                     LegGreeks(
                         conid=pos.conid,
                         name=f"{pos.symbol} {pos.sec_type}",
-                        age=None if market is None else (now - market.updated).total_seconds(),
+                        age=None if greeks_at is None else (now - greeks_at).total_seconds(),
                         waited=mono - since,
                     )
                 )
@@ -1003,6 +1007,9 @@ class PortalFeed:
                 with contextlib.suppress(OverflowError, OSError, ValueError):
                     updated = datetime.fromtimestamp(updated_ms / 1000.0, UTC)
             self._market[conid] = _Market(updated, fields)
+            if not _GREEK_FIELDS.isdisjoint(fields):
+                # A Greeks "tick": its age is what the staleness rule judges.
+                self._greeks_at[conid] = updated
 
     # -- background tasks -----------------------------------------------------------------
 

@@ -914,7 +914,7 @@ class Settings:
         "seconds > 0 or empty",
         "",
         "An option leg's Greeks older than this are stale, never used in a row; empty = three "
-        "update periods (SOCKET 3 x BRIDGE_POLL_INTERVAL, PORTAL 6)",
+        "update periods (SOCKET 3 x BRIDGE_POLL_INTERVAL, PORTAL 3 polls = 6 s)",
         float | None,
         _optional(_positive),
     )

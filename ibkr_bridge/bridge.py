@@ -29,6 +29,7 @@ from .clock import Clock, RowTimes, SystemClock, cancel_and_wait
 from .config import ApiMode, Settings, load_settings
 from .errors import LifecycleError, SchemaError, StoreError
 from .feed import Feed
+from .greeks import LegProblem, LegsVerdict
 from .health import HealthServer
 from .machines.base import Transition
 from .machines.breaker import BreakerState
@@ -68,6 +69,10 @@ class BridgeStatus:
     ticks_missed: int
     ticks_skipped: int
     buffer_pending_bytes: int
+    # From the last tick's staleness verdict (docs/greeks.md); cleared when LIVE ends.
+    greeks_stale: bool = False  # an option leg's Greeks too old, or a data farm broken
+    legs_missing: tuple[str, ...] = ()  # option legs without current Greeks, past grace
+    degraded: str | None = None  # what the rows lack (or why none are written), else None
 
 
 def watchdog_policy(settings: Settings) -> WatchdogPolicy:
@@ -133,6 +138,8 @@ class Bridge:
         self._ticks_missed = 0
         self._ticks_skipped = 0
         self._skip_reason: str | None = None
+        self._verdict: LegsVerdict | None = None
+        self._missing: dict[int, LegProblem] = {}  # open "legs_missing" episodes by conid
         self._ever_live = False
         # Kept across reconnects: row timestamps only ever increase for this bridge.
         self._row_times = RowTimes()
@@ -148,6 +155,7 @@ class Bridge:
     @property
     def status(self) -> BridgeStatus:
         last = self._last_rows
+        verdict = self._verdict
         return BridgeStatus(
             mode=self._mode,
             connection=self._machine.state.value,
@@ -160,6 +168,9 @@ class Bridge:
             ticks_missed=self._ticks_missed,
             ticks_skipped=self._ticks_skipped,
             buffer_pending_bytes=self._pending_bytes(),
+            greeks_stale=verdict.stale if verdict is not None else False,
+            legs_missing=tuple(p.describe() for p in verdict.missing) if verdict else (),
+            degraded=verdict.reason if verdict is not None and verdict.missing else None,
         )
 
     def _pending_bytes(self) -> int:
@@ -400,6 +411,8 @@ class Bridge:
             await self._lost.wait()
         finally:
             await self._stop_live_tasks()
+            # Not LIVE: nothing is judged until the next snapshot (open episodes stay open).
+            self._verdict = None
         reason = self._lost_reason or "connection lost"
         self._event("disconnect", f"disconnected from IBKR: {reason}", status="warning")
         await self._feed.disconnect()
@@ -513,8 +526,15 @@ class Bridge:
             log.exception("snapshot failed")
             self._skip(f"snapshot failed: {_describe_error(exc)}")
             return None
+        verdict = getattr(self._feed, "legs_verdict", None)
+        self._verdict = verdict if isinstance(verdict, LegsVerdict) else None
+        announced = self._verdict is not None and self._track_legs(self._verdict)
         if rows is None:
-            self._skip("no complete market state yet (positions or Greeks pending)")
+            if self._verdict is not None and self._verdict.reason is not None:
+                # A legs_missing event just said no row is written: not a second event.
+                self._skip(self._verdict.reason, announce=not announced)
+            else:
+                self._skip("no complete market state yet (positions or Greeks pending)")
             return None
         if self._skip_reason is not None:
             self._event("resumed", "writing rows again", detail={"after": self._skip_reason})
@@ -549,11 +569,65 @@ class Bridge:
             )
         return stamp.timestamp
 
-    def _skip(self, reason: str) -> None:
+    def _track_legs(self, verdict: LegsVerdict) -> bool:
+        """One event when option legs start missing current Greeks, one when they stop.
+
+        Returns whether a ``legs_missing`` event was logged now.
+        """
+        now_missing = {p.conid: p for p in verdict.missing}
+        new = [p for conid, p in now_missing.items() if conid not in self._missing]
+        # A leg back inside its grace (re-subscribed after a reconnect) is still missing.
+        ended = [
+            p
+            for conid, p in self._missing.items()
+            if conid not in now_missing and conid not in verdict.waiting
+        ]
+        policy = str(self.settings.missing_legs)
+        if new:
+            self._missing.update((p.conid, p) for p in new)
+            consequence = (
+                "rows are written without them, counted in legs_missing"
+                if policy == "partial"
+                else "no row is written until they have current Greeks"
+            )
+            self._event(
+                "legs_missing",
+                f"{len(new)} option leg(s) without current Greeks: "
+                + "; ".join(p.describe() for p in new[:10])
+                + ("; ..." if len(new) > 10 else "")
+                + f"; {consequence} (BRIDGE_MISSING_LEGS={policy})",
+                status="warning",
+                detail={
+                    "legs": [{"conid": p.conid, "name": p.name, "why": p.why} for p in new],
+                    "policy": policy,
+                },
+            )
+        if ended:
+            for p in ended:
+                del self._missing[p.conid]
+            recovered = [p for p in ended if p.conid in verdict.legs]
+            closed = [p for p in ended if p.conid not in verdict.legs]
+            parts = []
+            if recovered:
+                parts.append("current Greeks again: " + ", ".join(p.name for p in recovered))
+            if closed:
+                parts.append("position closed: " + ", ".join(p.name for p in closed))
+            self._event(
+                "legs_recovered",
+                f"{len(ended)} option leg(s) no longer missing ({'; '.join(parts)})",
+                detail={
+                    "recovered": [{"conid": p.conid, "name": p.name} for p in recovered],
+                    "closed": [{"conid": p.conid, "name": p.name} for p in closed],
+                },
+            )
+        return bool(new)
+
+    def _skip(self, reason: str, *, announce: bool = True) -> None:
         self._ticks_skipped += 1
         if reason != self._skip_reason:
             self._skip_reason = reason
-            self._event("skipped", f"not writing: {reason}", status="warning")
+            if announce:
+                self._event("skipped", f"not writing: {reason}", status="warning")
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -31,8 +31,8 @@ Public API:
 ``DatabaseConfig``
     ``DATABASE_URL`` or the libpq ``PG*`` variables; ``repr``/``str``/``redacted()`` never
     show a password; ``dsn`` and ``connect_kwargs()`` are for the one place that connects.
-``ApiMode``, ``LogFormat``
-    String enums for ``IB_API_MODE`` and ``BRIDGE_LOG_FORMAT``.
+``ApiMode``, ``LogFormat``, ``MissingLegs``
+    String enums for ``IB_API_MODE``, ``BRIDGE_LOG_FORMAT`` and ``BRIDGE_MISSING_LEGS``.
 ``ConfigError(BridgeError, ValueError)``
     ``.problems`` is a tuple of ``"VARIABLE: what is wrong"`` lines.
 ``SettingKey``, ``setting_keys()``, ``Bounds``
@@ -84,6 +84,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "LogFormat",
+    "MissingLegs",
     "SettingKey",
     "Settings",
     "load_settings",
@@ -160,6 +161,13 @@ class LogFormat(enum.StrEnum):
 
     TEXT = "text"
     JSON = "json"
+
+
+class MissingLegs(enum.StrEnum):
+    """What is written while an option leg has no current Greeks (BRIDGE_MISSING_LEGS)."""
+
+    SKIP = "skip"  # no row: a net never silently omits a leg
+    PARTIAL = "partial"  # a row from the other legs, the missing ones in legs_missing
 
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -326,7 +334,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(WeeklyWindow, _structure_weekly)
     converter.register_structure_hook_func(lambda t: t == _Seconds, _structure_seconds)
     # By class: a StrEnum is also a str, so a predicate hook would lose to the str hook.
-    for kind in (ApiMode, LogFormat):
+    for kind in (ApiMode, LogFormat, MissingLegs):
         converter.register_structure_hook(kind, _structure_enum)
     converter.register_structure_hook_factory(_is_optional, _optional_hook)
     return converter
@@ -1147,6 +1155,35 @@ class Settings:
         _Upper,
         _log_level,
         max_length=16,
+    )
+    # How current option Greeks must be (docs/greeks.md, "Staleness and missing legs").
+    stale_after: float | None = _setting(
+        "BRIDGE_STALE_AFTER",
+        "seconds > 0 or empty",
+        "",
+        "An option leg's Greeks older than this are stale, never used in a row; empty = three "
+        "update periods (SOCKET 3 x BRIDGE_POLL_INTERVAL, PORTAL 3 polls = 6 s)",
+        float | None,
+        _optional(_positive),
+        bounds=Bounds(0.1, 86400, "s"),
+    )
+    leg_grace: float = _setting(
+        "BRIDGE_LEG_GRACE",
+        _SECONDS,
+        "30",
+        "Seconds an option leg may wait for its first Greeks before it is reported missing",
+        float,
+        _positive,
+        bounds=Bounds(0.1, 3600, "s"),
+    )
+    missing_legs: MissingLegs = _setting(
+        "BRIDGE_MISSING_LEGS",
+        "skip or partial",
+        "skip",
+        "With an option leg missing or stale: skip writes no row; partial writes the other "
+        "legs' net with legs_missing counted",
+        MissingLegs,
+        _one_of(MissingLegs),
     )
 
     # DATABASE_URL and PG*: the database.

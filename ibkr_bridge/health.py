@@ -104,11 +104,23 @@ class HealthReport:
     last_row_age_seconds: float | None
     buffer_pending_bytes: int
     rows_submitted: int
+    # Option legs without current Greeks past their grace (docs/greeks.md): what the rows
+    # lack or why none are written. Healthy with this set is "degraded".
+    degraded: str | None = None
+    legs_missing: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        if not self.healthy:
+            return "unhealthy"
+        return "degraded" if self.degraded else "ok"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "status": "ok" if self.healthy else "unhealthy",
+            "status": self.status,
             "reason": self.reason,
+            "degraded": self.degraded,
+            "legs_missing": list(self.legs_missing),
             "note": self.note,
             "mode": self.mode,
             "connection": self.connection,
@@ -466,6 +478,10 @@ class HealthServer:
             elif note is None:
                 note = f"database unreachable (breaker {status.breaker}); rows are buffered"
 
+        if reasons and status.degraded:
+            # The rows stopped or are partial because of these legs: say which.
+            reasons.append(status.degraded)
+
         cap = self.bridge.settings.buffer_max_bytes
         if status.buffer_pending_bytes >= policy.buffer_full_ratio * cap:
             reasons.append(
@@ -480,11 +496,14 @@ class HealthServer:
             mode=status.mode,
             connection=str(state),
             breaker=str(status.breaker),
-            stale=status.stale,
+            # IB's 1100, or some option leg's Greeks too old / a market-data farm broken.
+            stale=status.stale or status.greeks_stale,
             last_row_at=status.last_row_at,
             last_row_age_seconds=age,
             buffer_pending_bytes=status.buffer_pending_bytes,
             rows_submitted=status.rows_submitted,
+            degraded=status.degraded,
+            legs_missing=status.legs_missing,
         )
 
     def _row_age(self, status: BridgeStatus, now: float) -> float | None:

@@ -44,6 +44,7 @@ from typing import Any, Final, NoReturn, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+import attrs
 from attrs import frozen
 
 from .clock import Clock, SystemClock
@@ -53,9 +54,13 @@ from .greeks import (
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
     SEC_TYPES,
+    GreeksRule,
     Leg,
+    LegGreeks,
+    LegsVerdict,
     aggregate,
     flat_row,
+    judge_legs,
     multiplier_from,
     parse_portal_number,
 )
@@ -90,10 +95,12 @@ UNDERLYING_CONID: Final = "6457"
 MARK: Final = "7635"
 SNAPSHOT_FIELDS: Final = (LAST, BID, ASK, DELTA, GAMMA, THETA, VEGA, IMPLIED_VOL, AVAILABILITY)
 _FIELD_SET: Final = frozenset(SNAPSHOT_FIELDS) | {UNDERLYING_CONID, MARK}
+_GREEK_FIELDS: Final = frozenset({DELTA, GAMMA, THETA, VEGA})
 
 PAGE_SIZE: Final = 100
 MAX_PAGES: Final = 100  # 10,000 positions: a garbage answer cannot page forever
 CONIDS_PER_SNAPSHOT: Final = 50
+DEFAULT_POLL: Final = 2.0  # seconds between snapshot polls
 
 _T = TypeVar("_T")
 
@@ -258,12 +265,13 @@ class PortalFeed:
         tickle_interval: float = 60.0,
         clock: Clock | None = None,
         request_timeout: float = 10.0,
-        poll_interval: float = 2.0,
+        poll_interval: float = DEFAULT_POLL,
         positions_interval: float = 60.0,
         stale_after: float | None = None,
         reauth_grace: float = 30.0,
         event_interval: float = 60.0,
         limiter: RateLimiter | None = None,
+        rule: GreeksRule | None = None,
     ) -> None:
         for name, value in (
             ("tickle_interval", tickle_interval),
@@ -280,7 +288,14 @@ class PortalFeed:
         self.request_timeout = request_timeout
         self.poll_interval = poll_interval
         self.positions_interval = positions_interval
-        self.stale_after = stale_after if stale_after is not None else 3 * poll_interval
+        if stale_after is None:
+            stale_after = rule.stale_after if rule is not None else 3 * poll_interval
+        self.stale_after = stale_after
+        # One staleness rule for both modes (greeks.judge_legs); stale_after is its limit.
+        self.rule = attrs.evolve(rule or GreeksRule(), stale_after=stale_after)
+        #: What the staleness rule said at the last snapshot (None: no market state then).
+        self.legs_verdict: LegsVerdict | None = None
+        self._leg_since: dict[int, float] = {}  # conid -> when its data was first wanted
         self.reauth_grace = reauth_grace
         self.event_interval = event_interval
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -309,6 +324,8 @@ class PortalFeed:
         self._positions: dict[int, PortalPosition] | None = None
         self._positions_at = -math.inf
         self._market: dict[int, _Market] = {}
+        self._leg_since = {}
+        self._greeks_at: dict[int, datetime] = {}  # conid -> time of its latest Greek fields
 
     @classmethod
     def from_settings(cls, settings: PortalSettings, clock: Clock | None = None) -> PortalFeed:
@@ -321,6 +338,8 @@ class PortalFeed:
             verify_tls=settings.verify_tls,
             tickle_interval=settings.tickle_interval,
             clock=clock,
+            # Empty BRIDGE_STALE_AFTER: three of the feed's snapshot polls (its default).
+            rule=GreeksRule.from_settings(settings, default_stale_after=3 * DEFAULT_POLL),
         )
 
     # -- Feed protocol --------------------------------------------------------------------
@@ -402,26 +421,40 @@ class PortalFeed:
 
     async def resubscribe(self) -> None:
         self._market.clear()
+        self._greeks_at.clear()
         await self._poll_snapshots()
 
     def snapshot(self, now: datetime) -> list[GreeksRow] | None:
+        self.legs_verdict = None
         positions = self._positions
         account = self._account
         if not self.connected or positions is None or account is None:
             return None
+        mono = self._clock.monotonic()
         legs: list[Leg] = []
+        judged: list[LegGreeks] = []
         for pos in positions.values():
             greeks: dict[str, float | None] = {}
             if pos.sec_type in OPTION_SEC_TYPES:
-                market = self._fresh(pos.conid, now)
-                if market is None:
-                    return None  # no data after the pre-flight yet, or stale
-                greeks = {
-                    "delta": parse_portal_number(market.fields.get(DELTA)),
-                    "gamma": parse_portal_number(market.fields.get(GAMMA)),
-                    "theta": parse_portal_number(market.fields.get(THETA)),
-                    "vega": parse_portal_number(market.fields.get(VEGA)),
-                }
+                market = self._market.get(pos.conid)
+                since = self._leg_since.setdefault(pos.conid, mono)
+                # Timed by the data's own timestamp (_updated) when the gateway sends one.
+                greeks_at = self._greeks_at.get(pos.conid)
+                judged.append(
+                    LegGreeks(
+                        conid=pos.conid,
+                        name=f"{pos.symbol} {pos.sec_type}",
+                        age=None if greeks_at is None else (now - greeks_at).total_seconds(),
+                        waited=mono - since,
+                    )
+                )
+                if market is not None:
+                    greeks = {
+                        "delta": parse_portal_number(market.fields.get(DELTA)),
+                        "gamma": parse_portal_number(market.fields.get(GAMMA)),
+                        "theta": parse_portal_number(market.fields.get(THETA)),
+                        "vega": parse_portal_number(market.fields.get(VEGA)),
+                    }
             legs.append(
                 Leg(
                     conid=pos.conid,
@@ -432,6 +465,10 @@ class PortalFeed:
                     **greeks,
                 )
             )
+        verdict = judge_legs(judged, self.rule)
+        self.legs_verdict = verdict
+        if not verdict.write:
+            return None  # no data after the pre-flight yet, stale, or a leg missing (skip)
         if not any(leg.sec_type in SEC_TYPES for leg in legs):
             return [flat_row(account, now, MODE)]
         return aggregate(
@@ -440,6 +477,7 @@ class PortalFeed:
             timestamp=now,
             api_mode=MODE,
             underlying_prices=self._underlying_prices(positions.values(), now),
+            omit=verdict.omit,
         )
 
     # -- snapshot helpers -----------------------------------------------------------------
@@ -969,6 +1007,9 @@ class PortalFeed:
                 with contextlib.suppress(OverflowError, OSError, ValueError):
                     updated = datetime.fromtimestamp(updated_ms / 1000.0, UTC)
             self._market[conid] = _Market(updated, fields)
+            if not _GREEK_FIELDS.isdisjoint(fields):
+                # A Greeks "tick": its age is what the staleness rule judges.
+                self._greeks_at[conid] = updated
 
     # -- background tasks -----------------------------------------------------------------
 

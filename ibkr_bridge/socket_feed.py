@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Mapping
 from datetime import datetime
 from typing import Any, Final, Protocol, TypeVar
@@ -32,10 +33,14 @@ from .greeks import (
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
     SEC_TYPES,
+    GreeksRule,
     Leg,
+    LegGreeks,
+    LegsVerdict,
     aggregate,
     clean_price,
     flat_row,
+    judge_legs,
     multiplier_from,
 )
 from .records import GreeksRow, Status
@@ -56,6 +61,11 @@ NO_SUCH_TICKER: Final = 300
 FARM_BROKEN: Final = frozenset({2103, 2105, 2157})
 # 2107/2108: a farm is idle but connects on demand; as harmless as "OK".
 FARM_OK: Final = frozenset({2104, 2106, 2158, 2107, 2108})
+# Only a market-data farm carries Greeks: 2103 makes every leg's Greeks stale until that
+# farm is OK again (2104, or 2108 "inactive, available on demand"). Historical (2105/2106)
+# and security-definition (2157/2158) farms are logged only.
+MARKET_FARM_BROKEN: Final = 2103
+MARKET_FARM_OK: Final = frozenset({2104, 2108})
 MARKET_DATA_TYPES: Final = (1, 2, 3, 4)
 
 # Contracts whose exchange may be SMART when the position message leaves it empty;
@@ -83,6 +93,16 @@ class SocketSettings(Protocol):
 
     @property
     def connect_timeout(self) -> float: ...
+
+
+_FARM_NAME: Final = re.compile(r"(?::|upon demand\.)\s*(\S+)\s*$")
+
+
+def farm_name(message: str) -> str:
+    """The farm an IB 210x notice names: "...is broken:usfarm" and 2108's "...available
+    upon demand.usfarm" both give "usfarm"."""
+    match = _FARM_NAME.search(message)
+    return match[1] if match else message.strip()
 
 
 class _NullListener:
@@ -138,14 +158,17 @@ def _ticker_price(ticker: Ticker | None) -> float | None:
 
 
 class _Subscription:
-    """One reqMktData stream of a session."""
+    """One reqMktData stream of a session, with when its latest Greeks arrived."""
 
-    __slots__ = ("contract", "req_id", "ticker")
+    __slots__ = ("contract", "greeks", "greeks_at", "req_id", "subscribed_at", "ticker")
 
-    def __init__(self, contract: Contract, ticker: Ticker, req_id: int) -> None:
+    def __init__(self, contract: Contract, ticker: Ticker, req_id: int, at: float) -> None:
         self.contract = contract
         self.ticker = ticker
         self.req_id = req_id
+        self.subscribed_at = at  # the feed clock's monotonic time of reqMktData
+        self.greeks: object = None  # the OptionComputation last seen on the ticker
+        self.greeks_at: float | None = None  # monotonic time it was first seen
 
 
 # How often a probe looks for Gateway traffic while its reqCurrentTime is pending.
@@ -183,6 +206,8 @@ class _Session:
         self.price_conid: dict[str, int] = {}  # underlying symbol -> conId of its price ticker
         self.resolved: dict[int, Contract] = {}  # conId -> contract with a real exchange
         self.stocks: dict[tuple[str, str], Contract] = {}  # (symbol, currency) -> stock
+        self.broken_farms: set[str] = set()  # market-data farms IB reported broken (2103)
+        self.first_seen: dict[int, float] = {}  # conId -> when a leg without a stream appeared
         self.lock = asyncio.Lock()
         self.dirty = False
         self.worker: asyncio.Task[None] | None = None
@@ -198,6 +223,7 @@ class _Session:
         ib.errorEvent += self.on_error
         ib.disconnectedEvent += self.on_disconnected
         ib.positionEvent += self.on_position
+        ib.pendingTickersEvent += self.on_tickers
         ib.client.apiError += self.on_api_error
 
     def _detach(self) -> None:
@@ -206,6 +232,7 @@ class _Session:
             ib.errorEvent -= self.on_error
             ib.disconnectedEvent -= self.on_disconnected
             ib.positionEvent -= self.on_position
+            ib.pendingTickersEvent -= self.on_tickers
             ib.client.apiError -= self.on_api_error
 
     @property
@@ -231,6 +258,21 @@ class _Session:
         if self.closed or not self.synced or position.account != self.account:
             return
         self.request_reconcile()
+
+    def on_tickers(self, tickers: set[Ticker]) -> None:
+        # ib_async replaces modelGreeks with a new object on every tickOptionComputation,
+        # so a new object is a new Greeks tick: its arrival time is the leg's Greeks age.
+        if self.closed:
+            return
+        now = self.feed.clock.monotonic()
+        for ticker in tickers:
+            contract = ticker.contract
+            sub = self.subs.get(contract.conId) if contract is not None else None
+            if sub is not None and sub.ticker is ticker:
+                greeks = ticker.modelGreeks
+                if greeks is not None and greeks is not sub.greeks:
+                    sub.greeks = greeks
+                    sub.greeks_at = now
 
     def on_error(self, req_id: int, code: int, message: str, contract: Contract | None) -> None:
         if self.closed:
@@ -260,6 +302,10 @@ class _Session:
             self.data_lost = False
             self.listener.feed_data_restored(code, message, resubscribe=False)
         elif code in FARM_BROKEN or code in FARM_OK:
+            if code == MARKET_FARM_BROKEN:
+                self.broken_farms.add(farm_name(message))
+            elif code in MARKET_FARM_OK:
+                self.broken_farms.discard(farm_name(message))
             status: Status = "warning" if code in FARM_BROKEN else "info"
             self.listener.feed_event("farm", f"IB {code}: {message}", status=status, detail=detail)
         elif code == NO_SUCH_TICKER and req_id in self.cancelled:
@@ -469,7 +515,9 @@ class _Session:
         # count as received for this one.
         ticker.modelGreeks = None
         req_id = self.ib.wrapper.ticker2ReqId["mktData"].get(ticker, 0)
-        self.subs[contract.conId] = _Subscription(contract, ticker, req_id)
+        self.subs[contract.conId] = _Subscription(
+            contract, ticker, req_id, self.feed.clock.monotonic()
+        )
 
     def _cancel(self, conid: int) -> None:
         sub = self.subs.pop(conid)
@@ -517,6 +565,7 @@ class SocketFeed:
         market_data_type: int = 1,
         connect_timeout: float = 10.0,
         clock: Clock | None = None,
+        rule: GreeksRule | None = None,
     ) -> None:
         if client_id == 0:
             raise ValueError(
@@ -540,6 +589,9 @@ class SocketFeed:
         self.listener: FeedListener = _NullListener()
         self._account: str | None = self.configured_account
         self._session: _Session | None = None
+        self.rule = rule if rule is not None else GreeksRule()
+        #: What the staleness rule said at the last snapshot (None: no market state then).
+        self.legs_verdict: LegsVerdict | None = None
 
     @classmethod
     def from_settings(cls, settings: SocketSettings, clock: Clock | None = None) -> SocketFeed:
@@ -551,6 +603,10 @@ class SocketFeed:
             market_data_type=settings.market_data_type,
             connect_timeout=settings.connect_timeout,
             clock=clock,
+            # Three writer ticks: SOCKET Greeks stream, a tick normally brings several.
+            rule=GreeksRule.from_settings(
+                settings, default_stale_after=3 * getattr(settings, "poll_interval", 5.0)
+            ),
         )
 
     @property
@@ -670,12 +726,20 @@ class SocketFeed:
         await self._live_session().resubscribe()
 
     def snapshot(self, now: datetime) -> list[GreeksRow] | None:
-        """Rows for ``now``, or None without fresh Greeks for every option leg."""
+        """Rows for ``now``, or None while the staleness rule says not to write.
+
+        Every option leg's Greeks are judged by :func:`~ibkr_bridge.greeks.judge_legs`
+        (age of the last Greeks tick, market-data farms); the verdict is kept in
+        :attr:`legs_verdict` for the Bridge's events and health.
+        """
+        self.legs_verdict = None
         session = self._session
         if session is None or not session.usable or session.account is None:
             return None
         account = session.account
+        mono = self.clock.monotonic()
         legs: list[Leg] = []
+        judged: list[LegGreeks] = []
         for pos in session.open_positions():
             contract = pos.contract
             sec_type = contract.secType.upper()
@@ -685,8 +749,22 @@ class SocketFeed:
             ticker = sub.ticker if sub is not None else None
             if sec_type in OPTION_SEC_TYPES:
                 greeks = ticker.modelGreeks if ticker is not None else None
-                if greeks is None:
-                    return None
+                if sub is not None:
+                    since = sub.subscribed_at
+                    age = None if sub.greeks_at is None or greeks is None else mono - sub.greeks_at
+                else:
+                    # No stream at all (its contract could not be resolved): it waits from
+                    # when it was first seen, like a requested one.
+                    since = session.first_seen.setdefault(contract.conId, mono)
+                    age = None
+                judged.append(
+                    LegGreeks(
+                        conid=contract.conId,
+                        name=contract.localSymbol or f"{contract.symbol} {sec_type}",
+                        age=age,
+                        waited=mono - since,
+                    )
+                )
                 legs.append(
                     Leg(
                         conid=contract.conId,
@@ -694,11 +772,11 @@ class SocketFeed:
                         sec_type=sec_type,
                         quantity=pos.position,
                         multiplier=_multiplier(contract.multiplier),
-                        delta=greeks.delta,
-                        gamma=greeks.gamma,
-                        vega=greeks.vega,
-                        theta=greeks.theta,
-                        underlying_price=greeks.undPrice,
+                        delta=greeks.delta if greeks is not None else None,
+                        gamma=greeks.gamma if greeks is not None else None,
+                        vega=greeks.vega if greeks is not None else None,
+                        theta=greeks.theta if greeks is not None else None,
+                        underlying_price=greeks.undPrice if greeks is not None else None,
                     )
                 )
             else:
@@ -714,6 +792,10 @@ class SocketFeed:
                         ),
                     )
                 )
+        verdict = judge_legs(judged, self.rule, broken_farms=session.broken_farms)
+        self.legs_verdict = verdict
+        if not verdict.write:
+            return None
         if not legs:
             # Positions are synced and none carries a Greek: a genuinely flat book.
             return [flat_row(account, now, self.mode)]
@@ -724,7 +806,12 @@ class SocketFeed:
             if price is not None:
                 prices[symbol] = price
         return aggregate(
-            legs, account=account, timestamp=now, api_mode=self.mode, underlying_prices=prices
+            legs,
+            account=account,
+            timestamp=now,
+            api_mode=self.mode,
+            underlying_prices=prices,
+            omit=verdict.omit,
         )
 
 

@@ -6,6 +6,8 @@ A fault script is a list of steps, each ``{"at": seconds, "fault": name, ...para
     [
       {"at": 10, "fault": "daily_reset", "kind": "1101", "outage": 20},
       {"at": 40, "fault": "sentinel_greeks", "mode": "minus2", "seconds": 15},
+      {"at": 50, "fault": "withhold_greeks", "conid": 756733, "seconds": 30},
+      {"at": 55, "fault": "farm_notice", "code": 2103, "farm": "usopt"},
       {"at": 60, "fault": "set_position", "account": "DU1234567", "conid": 756733,
        "quantity": 200},
       {"at": 90, "fault": "restart", "downtime": 5, "stale_ids": 10}
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SENTINEL_MODES: Final = ("minus2", "vega_theta", "dblmax", "nan", "missing")
 RESET_KINDS: Final = ("1101", "1102")
+FARM_CODES: Final = (2103, 2104, 2105, 2106, 2107, 2108, 2157, 2158)
 
 
 class FaultScriptError(ValueError):
@@ -62,6 +65,9 @@ _SPEC: Final[ParamSpec] = {
     "freeze": {"seconds": (_NUM, False)},
     "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False)},
     "sentinel_greeks": {"mode": ((str,), True), "seconds": (_NUM, False)},
+    "withhold_greeks": {"conid": ((int,), True), "seconds": (_NUM, False)},
+    "resume_greeks": {"conid": ((int,), True)},
+    "farm_notice": {"code": ((int,), True), "farm": ((str,), False)},
     **PORTFOLIO_FAULTS,
 }
 FAULT_NAMES: Final = tuple(_SPEC)
@@ -92,6 +98,12 @@ class FaultTarget(Protocol):
     async def garbage(self, nbytes: int = 64, framed: bool = True) -> None: ...
 
     async def sentinel_greeks(self, mode: str, seconds: float | None = None) -> None: ...
+
+    async def withhold_greeks(self, conid: int, seconds: float | None = None) -> None: ...
+
+    def resume_greeks(self, conid: int) -> None: ...
+
+    async def farm_notice(self, code: int, farm: str | None = None) -> None: ...
 
     def set_position(
         self, account: str, conid: int, quantity: float, avg_cost: float | None = None
@@ -139,6 +151,8 @@ def _check_step(index: int, raw: Any) -> FaultStep:
             raise FaultScriptError(f"{where}: daily_reset kind must be 1101 or 1102")
     if name == "sentinel_greeks" and params["mode"] not in SENTINEL_MODES:
         raise FaultScriptError(f"{where}: sentinel mode must be one of {SENTINEL_MODES}")
+    if name == "farm_notice" and params["code"] not in FARM_CODES:
+        raise FaultScriptError(f"{where}: farm_notice code must be one of {FARM_CODES}")
     return FaultStep(at, name, MappingProxyType(params))
 
 
@@ -186,6 +200,13 @@ async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
             await target.garbage(int(p.get("nbytes", 64)), bool(p.get("framed", True)))
         case "sentinel_greeks":
             await target.sentinel_greeks(str(p["mode"]), _opt_float(p.get("seconds")))
+        case "withhold_greeks":
+            await target.withhold_greeks(int(p["conid"]), _opt_float(p.get("seconds")))
+        case "resume_greeks":
+            target.resume_greeks(int(p["conid"]))
+        case "farm_notice":
+            farm = p.get("farm")
+            await target.farm_notice(int(p["code"]), None if farm is None else str(farm))
         case "set_position":
             target.set_position(
                 str(p["account"]),

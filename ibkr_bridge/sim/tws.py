@@ -71,6 +71,22 @@ _FARM_OK: Final = (
     (2106, "HMDS data farm connection is OK:ushmds"),
     (2158, "Sec-def data farm connection is OK:secdefnj"),
 )
+# IB's wording of every data-farm notice; {farm} is the farm's name.
+FARM_MESSAGES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        2103: "Market data farm connection is broken:{farm}",
+        2104: "Market data farm connection is OK:{farm}",
+        2105: "HMDS data farm connection is broken:{farm}",
+        2106: "HMDS data farm connection is OK:{farm}",
+        2107: "HMDS data farm connection is inactive but should be available upon demand.{farm}",
+        2108: "Market data farm connection is inactive but should be available upon demand.{farm}",
+        2157: "Sec-def data farm connection is broken:{farm}",
+        2158: "Sec-def data farm connection is OK:{farm}",
+    }
+)
+_DEFAULT_FARM: Final = {2105: "ushmds", 2106: "ushmds", 2107: "ushmds", 2157: "secdefnj"} | {
+    2158: "secdefnj"
+}
 _LOST: Final = (1100, "Connectivity between IB and Trader Workstation has been lost.")
 _RESTORED: Final = {
     "1101": "Connectivity between IB and Trader Workstation has been restored - data lost.*",
@@ -185,12 +201,13 @@ class TwsSimulator:
         self._closes: dict[int, float] = {}
         self._volume: dict[int, float] = {}
         self._running = False
-        self._gen = {"refuse": 0, "freeze": 0, "outage": 0, "sentinel": 0}
+        self._gen = {"refuse": 0, "freeze": 0, "outage": 0, "sentinel": 0, "withhold": 0}
         self._thawed = asyncio.Event()  # cleared while the Gateway is frozen
         self._thawed.set()
         self._refusing = False
         self._outage = False
         self._sentinel: str | None = None
+        self._withheld: dict[int, int] = {}  # conid -> generation of its withhold_greeks
         self._stale_ids: dict[int, float] = {}  # client id -> monotonic time it frees up
         self.connections_accepted = 0
 
@@ -502,6 +519,55 @@ class TwsSimulator:
     def clear_sentinel_greeks(self) -> None:
         self._gen["sentinel"] += 1
         self._sentinel = None
+
+    async def withhold_greeks(self, conid: int, seconds: float | None = None) -> None:
+        """Send no tickOptionComputation for ``conid`` for ``seconds`` (or until resumed).
+
+        Prices keep streaming and no 1100 is sent: what an option the login has no
+        permission for, an illiquid one, or a silently dead model stream looks like.
+        """
+        self.portfolio.instrument(conid)  # KeyError for an unknown conid, now
+        log.info("fault: withhold greeks of %d (%s s)", conid, seconds)
+        self._gen["withhold"] += 1
+        gen = self._gen["withhold"]
+        self._withheld[conid] = gen
+        if seconds is not None:
+
+            async def resume() -> None:
+                await self._clock.sleep(seconds)
+                if self._withheld.get(conid) == gen:
+                    self.resume_greeks(conid)
+
+            self._tasks.spawn(resume())
+
+    def resume_greeks(self, conid: int) -> None:
+        """End :meth:`withhold_greeks`: current Greeks go out to every subscriber at once."""
+        if self._withheld.pop(conid, None) is None:
+            return
+        now = self._clock.now()
+        inst = self.portfolio.instrument(conid)
+        for conn in self._started():
+            for req_id, sub_conid in list(conn.subs.items()):
+                if sub_conid == conid and not self._outage:
+                    delayed = 1 if conn.md_type in (3, 4) else 0
+                    self._send_greeks(conn, req_id, inst, now, _MODEL_GREEKS[delayed])
+
+    @property
+    def withheld_greeks(self) -> frozenset[int]:
+        return frozenset(self._withheld)
+
+    async def farm_notice(self, code: int, farm: str | None = None) -> None:
+        """Send IB's data-farm notice ``code`` (2103..2108, 2157, 2158) to every session.
+
+        No 1100 comes with it; ``farm`` defaults to the farm a Gateway would name
+        (``usfarm`` for market data).
+        """
+        if code not in FARM_MESSAGES:
+            raise ValueError(f"code must be one of {sorted(FARM_MESSAGES)}, got {code!r}")
+        name = farm or _DEFAULT_FARM.get(code, "usfarm")
+        log.info("fault: farm notice %d (%s)", code, name)
+        for conn in self._started():
+            self._send_error(conn, -1, code, FARM_MESSAGES[code].format(farm=name))
 
     def set_position(
         self,
@@ -888,7 +954,7 @@ class TwsSimulator:
         self, conn: _Conn, req_id: int, inst: Instrument, now: datetime, tick_type: int
     ) -> None:
         mode = self._sentinel
-        if mode == "missing":
+        if mode == "missing" or inst.conid in self._withheld:
             return
         if mode == "minus2":
             values: list[wire.Field] = [-1.0, -2.0, -1.0, -1.0, -2.0, -2.0, -2.0, -1.0]

@@ -683,6 +683,8 @@ async def _gateway(
                 "IB_SOCKET_PORT": str(tws.port),
                 "IB_CONNECT_TIMEOUT": "3",
                 "IB_PROBE_TIMEOUT": "0.5",
+                # The market never moves, so its Greeks come once: not stale here.
+                "BRIDGE_STALE_AFTER": "86400",
             }
             yield tws, None, env
         return

@@ -536,6 +536,9 @@ BAD_VALUES: dict[str, str] = {
     "BRIDGE_HTTP_HOST": "0.0.0.0 1",
     "BRIDGE_LOG_FORMAT": "xml",
     "BRIDGE_LOG_LEVEL": "loud",
+    "BRIDGE_STALE_AFTER": "-5",
+    "BRIDGE_LEG_GRACE": "0",
+    "BRIDGE_MISSING_LEGS": "zero",
     "DATABASE_URL": "mysql://me:s3cret-pw@db/x",
     "PGPORT": "0",
 }

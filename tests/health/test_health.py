@@ -477,6 +477,8 @@ async def test_with_the_tws_simulator_and_a_real_1100(db: TestDatabase, tmp_path
                 "IB_PROBE_TIMEOUT": "0.5",
                 "DATABASE_URL": db.dsn,
                 "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
+                # A market that never moves sends its Greeks once: not stale here.
+                "BRIDGE_STALE_AFTER": "86400",
             },
             use_dotenv=False,
         )

@@ -51,7 +51,9 @@ class RejectedFile:
 
     def __call__(self, line: str, error: str) -> None:
         entry = json.dumps({"error": error, "record": line}, separators=(",", ":"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW: never append account data through a link planted at this name.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self.path, flags, 0o600)
         try:
             os.write(fd, entry.encode() + b"\n")
             os.fsync(fd)

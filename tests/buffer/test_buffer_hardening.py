@@ -21,12 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ibkr_bridge import buffer as buffer_module
 from ibkr_bridge.buffer import BufferPathError, JsonlBuffer, format_line, inspect_buffer
 from ibkr_bridge.cli import EXIT_CONFIG
 from ibkr_bridge.drain import DrainProgress, RejectedFile, drain_buffer
-from ibkr_bridge.records import GreeksRow, record_from_json, record_to_json
+from ibkr_bridge.records import (
+    ApiEvent,
+    GreeksRow,
+    record_from_dict,
+    record_from_json,
+    record_to_dict,
+    record_to_json,
+)
 from ibkr_bridge.store import Store
 from ibkr_bridge.testing import TestDatabase
 
@@ -411,3 +420,52 @@ async def test_a_buffer_the_process_may_not_open_exits_with_the_config_code(
     assert code == EXIT_CONFIG, output
     assert "Permission denied" in output
     assert "Traceback" not in output
+
+
+_FIELDS = ("delta", "gamma", "vega", "theta", "underlying_price", "dollar_delta", "legs")
+_FIELDS += ("timestamp", "status", "account", "event")
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["12.5", "nan", "inf", "x", "", "info", "warning", "2026-12-07T01:00:00"]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["greeks", "api_log"]),
+    changes=st.dictionaries(
+        st.sampled_from(_FIELDS),
+        _ANY_VALUE,
+        max_size=3,
+    ),
+)
+def test_the_drain_and_the_full_read_accept_and_refuse_the_same_lines(
+    kind: str, changes: dict[str, Any]
+) -> None:
+    record = (
+        row(1)
+        if kind == "greeks"
+        else ApiEvent(timestamp=T0, api_mode="SOCKET", event="startup", message="m", key="e1")
+    )
+    obj = json.loads(record_to_json(record))
+    for name, value in changes.items():
+        if name in obj["data"]:
+            obj["data"][name] = value
+    line = with_crc(json.dumps(obj, separators=(",", ":"), allow_nan=True).encode())
+    try:
+        full = buffer_module._parse_line(line)
+    except ValueError:
+        full = None
+    try:
+        raw = buffer_module._parse_raw_line(line)
+    except ValueError:
+        raw = None
+    assert (raw is None) == (full is None), (changes, raw, full)
+    if raw is not None:
+        # What the drain copies is what the live record holds.
+        assert record_from_dict(raw) == full
+        assert record_to_dict(full) == raw

@@ -366,10 +366,13 @@ def shapes(tmp_path: Path) -> dict[str, Path]:
     shutil.copyfile(FIXTURE_V1, target)
     link = state / "link.jsonl"
     link.symlink_to(target)
-    return {"directory": directory, "symlink": link}
+    future = state / "future.jsonl"
+    future.write_bytes(header(3) + b"a line this version cannot read\n")
+    future.chmod(0o600)
+    return {"directory": directory, "symlink": link, "future version": future}
 
 
-@pytest.mark.parametrize("shape", ["directory", "symlink"])
+@pytest.mark.parametrize("shape", ["directory", "symlink", "future version"])
 @pytest.mark.parametrize("command", [("run",), ("buffer", "drain")])
 async def test_a_buffer_path_of_the_wrong_shape_exits_with_the_config_code(
     db: TestDatabase,
@@ -382,8 +385,12 @@ async def test_a_buffer_path_of_the_wrong_shape_exits_with_the_config_code(
     code, output = await asyncio.to_thread(_cli, tmp_path, env, *command)
     # 2: the shipped unit's RestartPreventExitStatus, so no restart loop every 5 s.
     assert code == EXIT_CONFIG, output
-    expected = "symbolic link" if shape == "symlink" else "not a regular file"
-    assert expected in output
+    expected = {
+        "directory": "not a regular file",
+        "symlink": "symbolic link",
+        "future version": "header version 3",
+    }
+    assert expected[shape] in output
     assert "Traceback" not in output
 
 

@@ -3,9 +3,12 @@
 Files, all mode 0600 next to ``path`` (a missing parent directory is created 0700):
 
 ``path``
-    The data file: a header line ``{"v":1,"type":"header","file_id":"<uuid hex>"}``, then one
-    record per line (:func:`ibkr_bridge.records.record_to_json`). It is only ever appended to
-    and, once fully drained, deleted; it is never rewritten or shifted in place.
+    The data file: a header line ``{"v":2,"type":"header","file_id":"<uuid hex>"}``, then one
+    record per line: :func:`ibkr_bridge.records.record_to_json` with a checksum field
+    ``"crc":"<8 hex digits>"`` added last, the CRC-32 of the record's JSON without it (see
+    :func:`format_line`). It is only ever appended to and, once fully drained, deleted; it
+    is never rewritten or shifted in place. Files of header version 1 (written before the
+    checksum) stay readable: their lines are taken without one.
 ``path.cursor``
     ``{"file_id": ..., "offset": n}``: the byte offset just after the last line whose records
     the database has committed. Replaced atomically (temp file, fsync, rename, fsync dir).
@@ -29,12 +32,11 @@ A crash anywhere replays at most the uncommitted batch (at-least-once); the reco
 idempotency keys make the replay a no-op in the database. Every batch whose ``end > start``
 must be committed even when it holds no records (all its lines were quarantined).
 
-:meth:`JsonlBuffer.read_raw_batch` is the fast path for the drain, which COPYs tuples: it
-returns the parsed JSON objects (``{"v", "type", "key", "data"}``) without building attrs
-records, after a structural check (schema version, known type, non-empty key, ``data`` an
-object holding every field of its type, with an aware ISO timestamp).
-:meth:`JsonlBuffer.read_batch` runs the full record validation. A line that fails either
-check is quarantined and skipped.
+:meth:`JsonlBuffer.read_raw_batch` is the drain's path, which COPYs tuples: it returns the
+parsed JSON objects (``{"v", "type", "key", "data"}``, checksum removed) after the same
+validation :meth:`JsonlBuffer.read_batch` runs (the records' own validators, as on the live
+path), re-encoded from the record only where a converter would change a value. A line that
+fails is quarantined and skipped.
 
 Policies:
 
@@ -55,6 +57,15 @@ Policies:
   A header of an unknown version raises :class:`BufferFormatError` and touches nothing.
 * A cursor that is missing, corrupt, of another data file, beyond EOF or not on a line
   boundary means "start after the header" (a replay, deduplicated by key).
+* Damaged line: a line whose checksum does not match its bytes (a flipped digit that still
+  parses as JSON), or a line of a version-2 file without a checksum, is quarantined like an
+  unreadable one; so is a line whose values the live path would refuse (a NaN or infinite
+  Greek, a timestamp without zone): both reads validate every value with the records' own
+  validators before anything reaches the database.
+* Path shape: the buffer's files are opened with ``O_NOFOLLOW``. A buffer path (or one of
+  its companion files) that is a symbolic link, a directory or another non-regular file, or
+  that the process may not open, raises :class:`BufferPathError` and touches nothing:
+  that is a configuration problem (``ibkr-bridge`` exits 2), not an outage.
 
 Open-time findings (repairs, tightened permissions) are logged and kept in
 :attr:`JsonlBuffer.notices`. Methods are synchronous and thread-safe; async callers use
@@ -64,6 +75,7 @@ Open-time findings (repairs, tightened permissions) are logged and kept in
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import hashlib
 import json
@@ -72,6 +84,7 @@ import os
 import stat
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +108,20 @@ from ibkr_bridge.records import (
 
 log = logging.getLogger(__name__)
 
-HEADER_VERSION: Final = 1
+HEADER_VERSION: Final = 2
+# Version 1 files (before per-line checksums) are read; their lines carry no checksum.
+_READABLE_HEADERS: Final = frozenset({1, HEADER_VERSION})
+# A line ends in `,"crc":"<8 hex>"}`: fixed width, so it is checked on the bytes, unparsed.
+_CRC_OPEN: Final = b',"crc":"'
+_CRC_TAIL: Final = len(_CRC_OPEN) + 8 + 2
+# Open flags of every buffer file: a symlink planted at one of its names is never followed
+# (it would have the target chmod'ed, read as data or overwritten).
+_NOFOLLOW: Final = os.O_NOFOLLOW | os.O_CLOEXEC
+# What opening a path of the wrong shape or permissions fails with: a person has to fix the
+# setting or the file, so restarting cannot help.
+_PATH_ERRNOS: Final = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.EROFS}
+)
 _CHUNK: Final = 1 << 18
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
@@ -125,6 +151,13 @@ class BufferFullError(JsonlBufferError):
 
 class BufferFormatError(JsonlBufferError):
     """The data file was written by an incompatible version; it was left untouched."""
+
+
+class BufferPathError(JsonlBufferError):
+    """The buffer path cannot be used as given (a symlink, a directory, not permitted).
+
+    A configuration problem: nothing was touched, and retrying cannot help.
+    """
 
 
 @frozen
@@ -202,6 +235,18 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_nofollow(path: Path) -> bytes:
+    """The file's bytes; a symlink raises OSError (ELOOP) instead of being read through."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _iter_lines(fd: int, start: int, end: int) -> Iterator[tuple[int, bytes, bool]]:
     """(offset, line without newline, complete) for each line in [start, end), streamed."""
     pos = start
@@ -254,32 +299,91 @@ def _loads_object(line: bytes) -> dict[str, Any]:
     return obj
 
 
-def _parse_line(line: bytes) -> Record:
+def format_line(record: Record) -> bytes:
+    """One buffer line (without its newline): the record's JSON with its checksum last.
+
+    The checksum is the CRC-32 of :func:`~ibkr_bridge.records.record_to_json`'s bytes, so
+    any change to them (one flipped digit still parses) is found before the line is used.
+    """
+    body = record_to_json(record).encode()
+    return b'%s%s%08x"}' % (body[:-1], _CRC_OPEN, zlib.crc32(body))
+
+
+def _verified(line: bytes, checksummed: bool) -> bytes:
+    """The record JSON of a line, its checksum checked and removed; raises RecordFormatError.
+
+    ``checksummed`` is true for files written with checksums (header version 2), where a line
+    without one is damaged; in older files a line may lack it, and one that has it is checked.
+    """
+    if len(line) > _CRC_TAIL and line[-_CRC_TAIL : -_CRC_TAIL + len(_CRC_OPEN)] == _CRC_OPEN:
+        body = line[:-_CRC_TAIL] + b"}"
+        if line[-10:-2] != b"%08x" % zlib.crc32(body) or line[-2:] != b'"}':
+            raise RecordFormatError("checksum mismatch: the line was damaged on disk")
+        return body
+    if checksummed:
+        raise RecordFormatError("no checksum: the line was damaged on disk")
+    return line
+
+
+def _parse_line(line: bytes, checksummed: bool = True) -> Record:
     """One buffer line as a record (full validation); raises ValueError (RecordFormatError)."""
-    return record_from_dict(_loads_object(line))
+    return record_from_dict(_loads_object(_verified(line, checksummed)))
 
 
-def _parse_raw_line(line: bytes) -> dict[str, Any]:
-    """The fast path's check: structure and timestamp, not every value's type.
+# Per record type, the live record's own converters and validators, field by field (attrs
+# runs exactly these when a live row is built). The drain applies them to each line without
+# building the record: a third of the cost. They look at the value only, never the instance.
+_Check = tuple[str, Callable[[Any], Any] | None, Callable[[Any, Any, Any], Any] | None, Any]
+_CHECKS: Final[dict[Any, tuple[_Check, ...]]] = {
+    cls.type: tuple(
+        (a.name, a.converter, a.validator, a)
+        for a in attrs.fields(cls)
+        if a.name != "key" and (a.converter is not None or a.validator is not None)
+    )
+    for cls in (GreeksRow, ApiEvent)
+}
 
+
+def _parse_raw_line(line: bytes, checksummed: bool = True) -> dict[str, Any]:
+    """The drain's form of a line: the parsed JSON, every value validated as live.
+
+    Each value goes through the converter and validator its record field has (finite
+    Greeks, aware timestamp, known status): what a live row passes before it is written.
+    The parsed object is returned as it is when no converter changed a value; otherwise it
+    is re-encoded from the record, as :meth:`JsonlBuffer.read_batch` would return it.
     Raises ValueError (RecordFormatError).
     """
-    obj = _loads_object(line)
+    obj = _loads_object(_verified(line, checksummed))
     if obj.get("v") != SCHEMA_VERSION:
         raise RecordFormatError(f"unknown record schema version {obj.get('v')!r}")
-    fields = _FIELDS.get(obj.get("type"))
+    kind = obj.get("type")
+    fields = _FIELDS.get(kind)
     if fields is None:
-        raise RecordFormatError(f"unknown record type {obj.get('type')!r}")
+        raise RecordFormatError(f"unknown record type {kind!r}")
     key = obj.get("key")
     if not isinstance(key, str) or not key:
         raise RecordFormatError("record key must be a non-empty string")
     data = obj.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("timestamp"), str):
         raise RecordFormatError("record data must be an object with a timestamp")
-    _aware_timestamp(data)
     if data.keys() != fields:
         # Another version's line (a field added or dropped since): the full path validates
         # it and fills defaults, so the drain sees exactly what read_batch would.
+        return record_to_dict(record_from_dict(obj))
+    converted = False
+    try:
+        for name, convert, validate, attribute in _CHECKS[kind]:
+            given = data[name]
+            # As record_from_dict does before building the record.
+            value = datetime.fromisoformat(given) if name == "timestamp" else given
+            if convert is not None:
+                value = convert(value)
+                converted = converted or value is not given
+            if validate is not None:
+                validate(None, attribute, value)
+    except (TypeError, ValueError) as exc:
+        raise RecordFormatError(f"bad {kind} record: {exc}") from None
+    if converted:
         return record_to_dict(record_from_dict(obj))
     return obj
 
@@ -298,7 +402,7 @@ class _Quarantine:
         self._file_id = file_id
         self._seen = set()
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
         except FileNotFoundError:
             return
         try:
@@ -356,7 +460,7 @@ class _Quarantine:
             new[0].offset,
             new[0].error,
         )
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW, _FILE_MODE)
         try:
             # After a torn entry (crash or failed write) the next one starts on its own line;
             # the torn one stays as text for the operator and, not being indexed, is redone.
@@ -374,7 +478,7 @@ class _Quarantine:
 
     def count(self) -> int:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
         except FileNotFoundError:
             return 0
         try:
@@ -407,6 +511,7 @@ class JsonlBuffer:
         self._cursor = 0
         self._needs_repair = False
         self._notices: list[str] = []
+        self._checksummed = True  # the open data file's lines must carry checksums
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -416,16 +521,25 @@ class JsonlBuffer:
             if self._lock_fd is not None:
                 return
             self._notices = []
-            if self.path.exists() and not self.path.is_file():
-                raise BufferFormatError(f"{self.path} exists and is not a regular file")
-            if not self.path.parent.exists():
-                self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-            self._lock_fd = self._acquire_lock()
             try:
-                self._recover()
-            except BaseException:
-                self._close_fds()
-                raise
+                self._check_shapes()
+                if not self.path.parent.exists():
+                    self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                self._lock_fd = self._acquire_lock()
+                try:
+                    self._recover()
+                except BaseException:
+                    self._close_fds()
+                    raise
+            except OSError as exc:
+                if exc.errno not in _PATH_ERRNOS:
+                    raise
+                # Checked above, so this is a race or a permission: still the path's shape.
+                where = exc.filename or self.path
+                raise BufferPathError(
+                    f"buffer {self.path}: cannot use {where}: {exc.strerror or exc}"
+                    + (" (a symbolic link is never followed)" if exc.errno == errno.ELOOP else "")
+                ) from exc
 
     def close(self) -> None:
         """Release the lock; safe to call twice."""
@@ -458,7 +572,7 @@ class JsonlBuffer:
         """
         if not records:
             return
-        payload = b"".join([record_to_json(r).encode() + b"\n" for r in records])
+        payload = b"".join([format_line(r) + b"\n" for r in records])
         with self._mutex:
             self._check_open()
             if self._needs_repair:
@@ -602,7 +716,7 @@ class JsonlBuffer:
             raise RuntimeError(f"buffer {self.path} is not open")
 
     def _open_private(self, path: Path, flags: int) -> int:
-        return os.open(path, flags | os.O_CLOEXEC, _FILE_MODE)
+        return os.open(path, flags | _NOFOLLOW, _FILE_MODE)
 
     def _acquire_lock(self) -> int:
         fd = self._open_private(self.lock_path, os.O_RDWR | os.O_CREAT)
@@ -630,15 +744,45 @@ class JsonlBuffer:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
+    def _companions(self) -> tuple[Path, ...]:
+        """Every file the buffer opens under its name (``.rejected`` is the drain's)."""
+        rejected = self.path.with_name(self.path.name + ".rejected")
+        return (self.path, self.cursor_path, self.quarantine_path, self.lock_path, rejected)
+
+    def _check_shapes(self) -> None:
+        """Refuse, touching nothing, a buffer whose files are not plain files of its own."""
+        for path in self._companions():
+            try:
+                found = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(found.st_mode):
+                raise BufferPathError(
+                    f"{path} is a symbolic link; ibkr-bridge never follows a link for its "
+                    "buffer files (it would chmod, read or overwrite the target): set "
+                    "BRIDGE_BUFFER_PATH to the real location. Nothing was touched"
+                )
+            if not stat.S_ISREG(found.st_mode):
+                kind = "a directory" if stat.S_ISDIR(found.st_mode) else "a special file"
+                raise BufferPathError(
+                    f"{path} is not a regular file ({kind}); BRIDGE_BUFFER_PATH must name a "
+                    "file the bridge owns. Nothing was touched"
+                )
+
     def _tighten_modes(self) -> None:
         for path in (self.path, self.cursor_path, self.quarantine_path, self.lock_path):
             try:
-                mode = stat.S_IMODE(path.stat().st_mode)
+                # O_NOFOLLOW: a link swapped in since _check_shapes fails (ELOOP), unchanged.
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
             except FileNotFoundError:
                 continue
-            if mode & 0o077:
-                path.chmod(_FILE_MODE)
-                self._notice(f"{path} was readable by others (mode {mode:o}); changed to 600")
+            try:
+                mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                if mode & 0o077:
+                    os.fchmod(fd, _FILE_MODE)
+                    self._notice(f"{path} was readable by others (mode {mode:o}); changed to 600")
+            finally:
+                os.close(fd)
 
     def _recover(self) -> None:
         for tmp in (self._tmp_data, self._tmp_cursor):
@@ -647,7 +791,7 @@ class JsonlBuffer:
         self._file_id = None
         self._size = self._cursor = self._header_end = 0
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | _NOFOLLOW)
         except FileNotFoundError:
             self.cursor_path.unlink(missing_ok=True)  # left by a crash during compaction
             return
@@ -682,14 +826,15 @@ class JsonlBuffer:
             return None
         if not isinstance(obj, dict) or obj.get("type") != "header":
             return None
-        if obj.get("v") != HEADER_VERSION:
+        if obj.get("v") not in _READABLE_HEADERS:
             raise BufferFormatError(
                 f"{self.path} has header version {obj.get('v')!r}, this ibkr-bridge reads "
-                f"version {HEADER_VERSION}; left untouched"
+                f"versions {', '.join(map(str, sorted(_READABLE_HEADERS)))}; left untouched"
             )
         file_id = obj.get("file_id")
         if not isinstance(file_id, str) or not file_id:
             return None
+        self._checksummed = obj["v"] >= 2
         return file_id, newline + 1
 
     def _quarantine_headerless(self) -> None:
@@ -731,7 +876,7 @@ class JsonlBuffer:
         assert self._fd is not None
         start = self._header_end
         try:
-            raw = self.cursor_path.read_bytes()
+            raw = _read_nofollow(self.cursor_path)
         except FileNotFoundError:
             return start  # nothing committed yet
         replay = "replaying from the first record (the database dedupes by key)"
@@ -783,9 +928,10 @@ class JsonlBuffer:
         os.replace(self._tmp_data, self.path)
         if self._fsync:
             _sync_dir(self.path.parent)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | _NOFOLLOW)
         file_id = json.loads(header)["file_id"]
         self._file_id = file_id
+        self._checksummed = True
         self._header_end = self._size = self._cursor = len(header)
         self._quarantine.reset(file_id)
 
@@ -817,7 +963,7 @@ class JsonlBuffer:
         self,
         max_lines: int,
         max_bytes: int | None,
-        parse: Callable[[bytes], T],
+        parse: Callable[[bytes, bool], T],
         after: Batch | RawBatch | None = None,
     ) -> tuple[list[T], int, int, int, str | None]:
         """(items, start, end, quarantined, file_id) of the lines read from the cursor."""
@@ -844,7 +990,7 @@ class JsonlBuffer:
                 ):
                     break
                 try:
-                    items.append(parse(line))
+                    items.append(parse(line, self._checksummed))
                 except Exception as exc:  # any failure to parse a line is that line's fault
                     bad.append(_Bad(offset, line, "unreadable", f"{type(exc).__name__}: {exc}"))
                 end = offset + size
@@ -904,7 +1050,7 @@ class BufferReport:
 
 def _lock_holder(lock_path: Path) -> str | None:
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
         return None
     try:
@@ -920,7 +1066,7 @@ def _lock_holder(lock_path: Path) -> str | None:
 
 def _count_lines(path: Path) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
         return 0
     try:
@@ -952,7 +1098,7 @@ def _header(fd: int) -> tuple[str, int] | None:
         obj = None
     if not isinstance(obj, dict) or obj.get("type") != "header":
         return None
-    if obj.get("v") != HEADER_VERSION:
+    if obj.get("v") not in _READABLE_HEADERS:
         raise ValueError(
             f"header version {obj.get('v')!r}: written by an incompatible ibkr-bridge "
             f"(this one reads version {HEADER_VERSION})"
@@ -986,6 +1132,12 @@ def inspect_buffer(path: Path) -> BufferReport:
     """
     names = JsonlBuffer(path)  # touches nothing on disk: used for its file names only
     path = names.path
+    try:
+        names._check_shapes()  # a link or a directory is reported, never read through
+    except BufferPathError as exc:
+        nothing = BufferStats(path, None, 0, 0, 0, None, None, 0)
+        exists = os.path.lexists(path)
+        return BufferReport(nothing, exists, None, names.quarantine_path, error=str(exc))
     quarantined = _count_lines(names.quarantine_path)
     locked_by = _lock_holder(names.lock_path)
     empty = BufferStats(path, None, 0, 0, 0, None, None, quarantined)
@@ -998,11 +1150,11 @@ def inspect_buffer(path: Path) -> BufferReport:
     # The cursor is read before the data's size: a running bridge only moves it forward
     # and never past what it appended, so the pair read in this order is consistent.
     try:
-        raw_cursor: bytes | None = names.cursor_path.read_bytes()
+        raw_cursor: bytes | None = _read_nofollow(names.cursor_path)
     except FileNotFoundError:
         raw_cursor = None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except FileNotFoundError:
         return report(empty)
     try:

@@ -20,9 +20,11 @@ Commands:
     Runs an IBKR simulator: ``python -m ibkr_bridge.sim`` (its options follow the name).
 
 Exit codes (:data:`EXIT_OK` ...): 0 ok; 1 a check failed or a runtime failure; 2 bad
-configuration or usage (argparse's own 2); 3 the bridge's tables exist in a shape it cannot
-write to; 4 the buffer is locked by another running bridge (for ``replay-rejected``: another
-replay is running). ``replay-rejected`` exits 1 when anything stays in ``.rejected``.
+configuration or usage (argparse's own 2), including a buffer path that cannot be used as
+given (a symlink, a directory, not permitted, a file of an unknown version); 3 the bridge's
+tables exist in a shape it cannot write to; 4 the buffer is locked by another running bridge
+(for ``replay-rejected``: another replay is running). ``replay-rejected`` exits 1 when anything
+stays in ``.rejected``.
 
 Heavy modules are imported by the command that needs them, so ``--help`` stays quick.
 """
@@ -41,7 +43,13 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TextIO
 
-from .buffer import BufferFormatError, BufferLockedError, JsonlBuffer, JsonlBufferError
+from .buffer import (
+    BufferFormatError,
+    BufferLockedError,
+    BufferPathError,
+    JsonlBuffer,
+    JsonlBufferError,
+)
 from .config import ConfigError, LogFormat, Settings, load_settings
 from .errors import SchemaError, StoreError
 from .logs import configure_logging, redact_secrets
@@ -63,7 +71,8 @@ EXIT_CODES_HELP: Final = """\
 exit codes:
   0  ok
   1  a check failed, or a runtime failure
-  2  bad configuration or usage
+  2  bad configuration or usage (also: the buffer path is a symlink, a directory,
+     not permitted, or holds a buffer of an unknown version)
   3  the bridge's tables exist in a shape it cannot write to
   4  the buffer is locked by another running bridge (replay-rejected: another replay)"""
 
@@ -152,6 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BufferLockedError as exc:
         log.error("%s", exc)
         return EXIT_LOCKED
+    except (BufferPathError, BufferFormatError) as exc:
+        # A person must fix the path or the file: the unit does not restart on this code.
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
     except (OSError, JsonlBufferError) as exc:
         # e.g. a buffer file that cannot be read or created: one clear line, no traceback.
         log.error("cannot start: %s", exc)
@@ -343,7 +356,10 @@ def cmd_buffer_drain(args: argparse.Namespace) -> int:
     except BufferLockedError as exc:
         print(f"{PROG}: refusing to drain: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (BufferFormatError, OSError) as exc:
+    except (BufferPathError, BufferFormatError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (JsonlBufferError, OSError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:

@@ -96,6 +96,7 @@ class RejectedFile:
             {"error": error, "rejected_at": self._now().isoformat(), "record": line},
             separators=(",", ":"),
         )
+        # O_NOFOLLOW (in _open_locked): never append account data through a planted link.
         fd = _open_locked(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, fcntl.LOCK_EX)
         try:
             _write_all(fd, entry.encode() + b"\n")
@@ -106,7 +107,7 @@ class RejectedFile:
     def summary(self) -> RejectedSummary:
         """Count the entries and read the oldest one, without locking or changing anything."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return RejectedSummary(self.path, 0, None, None)
         except OSError as exc:
@@ -236,7 +237,7 @@ def _reason_and_time(line: bytes) -> tuple[str | None, datetime | None]:
 def _open_locked(path: Path, flags: int, lock: int) -> int:
     """Open ``path`` and ``flock`` it; if it was renamed over meanwhile, open the new one."""
     while True:
-        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, lock)
             st = os.fstat(fd)

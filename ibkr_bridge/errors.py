@@ -8,7 +8,8 @@ The hierarchy::
     ├── JsonlBufferError             the crash-safe JSONL buffer                  [buffer]
     │   ├── BufferLockedError        another process holds the buffer
     │   ├── BufferFullError          the size cap is reached (nothing is deleted)
-    │   └── BufferFormatError        a buffer file of an unknown header version
+    │   ├── BufferFormatError        a buffer file of an unknown header version
+    │   └── BufferPathError          the buffer path is a symlink, a directory, not permitted
     ├── StoreError                   a database write failed
     │   ├── TransientStoreError      try again later: the breaker opens, rows are buffered
     │   └── PermanentStoreError      this data can never be written: log it, skip it

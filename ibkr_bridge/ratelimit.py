@@ -115,6 +115,12 @@ PORTAL_LIMITS: Final[Mapping[str, Limit]] = MappingProxyType(
 )
 DEFAULT_ENDPOINT_LIMIT: Final = Limit(rate=1.0, burst=2.0)
 
+#: SOCKET mode: contract-details lookups (reqContractDetails) for futures and futures-option
+#: legs and option underlyings, done after connect. IBKR allows about 50 API messages per
+#: second per client in all (ib_async throttles to 45); at most 30 lookups in any 1 s leaves
+#: room for the market-data requests that follow them.
+SOCKET_DETAILS_LIMIT: Final = Limit(rate=20.0, burst=10.0)
+
 
 class RateLimiter:
     """Per-endpoint buckets plus a global one, with back-off after a 429.

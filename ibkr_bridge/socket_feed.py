@@ -3,8 +3,12 @@
 :class:`SocketFeed` implements :class:`~ibkr_bridge.feed.Feed`. Each :meth:`~SocketFeed.connect`
 builds a fresh ``ib_async.IB`` (a :class:`_Session`), picks the account, waits for the
 position sync and subscribes streaming market data for every leg; IB's connectivity codes
-are passed to the :class:`~ibkr_bridge.feed.FeedListener`. :meth:`~SocketFeed.snapshot`
-turns the latest model Greeks into rows with :func:`ibkr_bridge.greeks.aggregate`.
+are passed to the :class:`~ibkr_bridge.feed.FeedListener`. Legs that need contract details
+first (futures, futures options, an option's underlying stock) are looked up after connect,
+paced by ``SOCKET_DETAILS_LIMIT`` and cached by the feed across reconnects, so connect does
+not grow with the book; until then such a leg counts as one without Greeks.
+:meth:`~SocketFeed.snapshot` turns the latest model Greeks into rows with
+:func:`ibkr_bridge.greeks.aggregate`.
 
 The Gateway is shared with the trader's own session, so the feed is a polite guest: read-only
 API, never clientId 0, no order requests (no reqGlobalCancel, no reqAutoOpenOrders) and no
@@ -19,7 +23,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from datetime import datetime
 from typing import Any, Final, Protocol, TypeVar
 
@@ -43,6 +47,7 @@ from .greeks import (
     judge_legs,
     multiplier_from,
 )
+from .ratelimit import SOCKET_DETAILS_LIMIT, RateLimiter
 from .records import GreeksRow, Status
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,20 @@ MARKET_DATA_TYPES: Final = (1, 2, 3, 4)
 # Contracts whose exchange may be SMART when the position message leaves it empty;
 # futures and futures options must name their real exchange, found by conId.
 _SMART_SEC_TYPES: Final = frozenset({"STK", "OPT"})
+# Contract-details lookups in flight at once (each also waits for a pacing token).
+_DETAILS_IN_FLIGHT: Final = 4
+_DETAILS: Final = "contract_details"  # the pacer's endpoint name
+
+
+class _Lookup:
+    """One contract-details request the book needs: what to ask, and where the answer goes."""
+
+    __slots__ = ("query", "store", "what")
+
+    def __init__(self, query: Contract, what: str, store: Callable[[Contract], None]) -> None:
+        self.query = query
+        self.what = what
+        self.store = store
 
 
 class SocketSettings(Protocol):
@@ -204,8 +223,15 @@ class _Session:
         # dropped them, as after 1101) is expected, not worth an api_logs row.
         self.cancelled: set[int] = set()
         self.price_conid: dict[str, int] = {}  # underlying symbol -> conId of its price ticker
-        self.resolved: dict[int, Contract] = {}  # conId -> contract with a real exchange
-        self.stocks: dict[tuple[str, str], Contract] = {}  # (symbol, currency) -> stock
+        # The feed's caches, kept across sessions: conId -> contract with a real exchange,
+        # (symbol, currency) -> stock.
+        self.resolved: dict[int, Contract] = feed._resolved
+        self.stocks: dict[tuple[str, str], Contract] = feed._stocks
+        # Lookups still needed, done by the resolver task after (not inside) connect.
+        self.lookups: dict[Hashable, _Lookup] = {}
+        self.lookups_running: set[Hashable] = set()
+        self.lookups_failed: set[Hashable] = set()  # retried after the next position change
+        self.resolver: asyncio.Task[None] | None = None
         self.broken_farms: set[str] = set()  # market-data farms IB reported broken (2103)
         self.first_seen: dict[int, float] = {}  # conId -> when a leg without a stream appeared
         self.lock = asyncio.Lock()
@@ -257,6 +283,7 @@ class _Session:
     def on_position(self, position: Position) -> None:
         if self.closed or not self.synced or position.account != self.account:
             return
+        self.lookups_failed.clear()
         self.request_reconcile()
 
     def on_tickers(self, tickers: set[Ticker]) -> None:
@@ -368,6 +395,8 @@ class _Session:
         self._detach()
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
+        if self.resolver is not None and not self.resolver.done():
+            self.resolver.cancel()
         self.subs.clear()
         self.price_conid.clear()
         if defer:
@@ -455,48 +484,115 @@ class _Session:
             return None
         return result
 
-    async def _contract_for(self, contract: Contract) -> Contract | None:
-        """The position's contract in a form reqMktData accepts."""
+    def _contract_for(self, contract: Contract) -> Contract | None:
+        """The position's contract in a form reqMktData accepts; None until it is known."""
         if contract.exchange:
             return _market_contract(contract, contract.exchange)
         if contract.secType in _SMART_SEC_TYPES:
             return _market_contract(contract, "SMART")
-        known = self.resolved.get(contract.conId)
+        conid = contract.conId
+        known = self.resolved.get(conid)
         if known is None:
-            what = f"contract details of conId {contract.conId} ({contract.localSymbol})"
-            found = await self._qualified(Contract(conId=contract.conId), what)
-            if found is None:
-                return None
-            known = self.resolved[contract.conId] = _market_contract(found, found.exchange)
+
+            def store(found: Contract) -> None:
+                self.resolved[conid] = _market_contract(found, found.exchange)
+
+            what = f"contract details of conId {conid} ({contract.localSymbol})"
+            self._look_up(("conid", conid), Contract(conId=conid), what, store)
         return known
 
-    async def _stock(self, symbol: str, currency: str) -> Contract | None:
+    def _stock(self, symbol: str, currency: str) -> Contract | None:
         key = (symbol, currency)
-        if key not in self.stocks:
+        known = self.stocks.get(key)
+        if known is None:
+
+            def store(found: Contract) -> None:
+                self.stocks[key] = _market_contract(found, "SMART")
+
             stock = Contract(secType="STK", symbol=symbol, exchange="SMART", currency=currency)
-            found = await self._qualified(stock, f"the underlying stock {symbol} {currency}")
-            if found is None:
-                return None
-            self.stocks[key] = _market_contract(found, "SMART")
-        return self.stocks[key]
+            what = f"the underlying stock {symbol} {currency}"
+            self._look_up(("stock", *key), stock, what, store)
+        return known
+
+    # -- contract details: after connect, paced, cached by the feed -----------------------
+
+    def _look_up(
+        self, key: Hashable, query: Contract, what: str, store: Callable[[Contract], None]
+    ) -> None:
+        """Queue a lookup for the resolver; the leg waits unsubscribed, like one without Greeks.
+
+        Connect never waits for these: on a large futures book one lookup per leg, in a
+        row, would not fit in IB_CONNECT_TIMEOUT.
+        """
+        if self.closed or key in self.lookups or key in self.lookups_running:
+            return
+        if key in self.lookups_failed:
+            return  # reported once; tried again after the next position change
+        self.lookups[key] = _Lookup(query, what, store)
+        if self.resolver is None or self.resolver.done():
+            self.resolver = asyncio.get_running_loop().create_task(
+                self._resolve(), name="ibkr-bridge-socket-contract-details"
+            )
+
+    async def _resolve(self) -> None:
+        """Run the queued lookups, a few at a time under the feed's pacer, then subscribe."""
+        running: set[asyncio.Task[bool]] = set()
+        try:
+            while not self.closed:
+                if self.lookups and len(running) < _DETAILS_IN_FLIGHT:
+                    await self.feed._pacer.acquire(_DETAILS)
+                    if self.closed:
+                        return
+                    key, lookup = next(iter(self.lookups.items()))
+                    del self.lookups[key]
+                    self.lookups_running.add(key)
+                    running.add(asyncio.ensure_future(self._fetch(key, lookup)))
+                    continue
+                if not running:
+                    return
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if any(task.result() for task in done):
+                    # Subscribe what is known now; reconciles are coalesced.
+                    self.request_reconcile()
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _fetch(self, key: Hashable, lookup: _Lookup) -> bool:
+        try:
+            found = await self._qualified(lookup.query, lookup.what)
+        except Exception as exc:  # e.g. the connection went: the session is closing anyway
+            log.debug("%s failed", lookup.what, exc_info=True)
+            if not self.closed:
+                self.listener.feed_event("error", f"{lookup.what}: {exc!r}", status="warning")
+            found = None
+        finally:
+            self.lookups_running.discard(key)
+        if found is None:
+            self.lookups_failed.add(key)
+            return False
+        lookup.store(found)
+        return True
 
     async def _reconcile(self) -> None:
         positions = [p for p in self.open_positions() if p.contract.secType in SEC_TYPES]
         wanted: dict[int, Contract] = {}
         prices: dict[str, int] = {}
         for pos in positions:
-            market = await self._contract_for(pos.contract)
+            market = self._contract_for(pos.contract)
             if market is None:
                 continue
             wanted[market.conId] = market
             if pos.contract.secType == "STK":
                 prices[pos.contract.symbol] = market.conId
+                # The shares are the options' underlying: no lookup if they are sold later.
+                self.stocks.setdefault((pos.contract.symbol, pos.contract.currency), market)
         # Stock options are priced off the stock's own ticker; a futures option carries
         # its underlying future's price in its model Greeks (undPrice).
         for pos in positions:
             c = pos.contract
             if c.secType == "OPT" and c.symbol not in prices:
-                stock = await self._stock(c.symbol, c.currency)
+                stock = self._stock(c.symbol, c.currency)
                 if stock is not None:
                     wanted[stock.conId] = stock
                     prices[c.symbol] = stock.conId
@@ -533,6 +629,7 @@ class _Session:
             # since a position closed during the outage would never be reported as 0.
             self.synced = False
             self.ib.wrapper.positions.clear()
+            self.lookups_failed.clear()
             await self._request(self.ib.reqPositionsAsync(), "reqPositions")
             self.synced = True
             self.ib.reqMarketDataType(self.feed.market_data_type)
@@ -587,6 +684,14 @@ class SocketFeed:
         self.connect_timeout = float(connect_timeout)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.listener: FeedListener = _NullListener()
+        # Contract details outlive a session: a conId's exchange does not change, and
+        # looking a futures book up again on every reconnect is what kept it from LIVE.
+        self._resolved: dict[int, Contract] = {}
+        self._stocks: dict[tuple[str, str], Contract] = {}
+        # One pacer for the feed's lifetime, so a flapping connection cannot burst anew.
+        self._pacer = RateLimiter(
+            self.clock, global_limit=None, limits={_DETAILS: SOCKET_DETAILS_LIMIT}
+        )
         self._account: str | None = self.configured_account
         self._session: _Session | None = None
         self.rule = rule if rule is not None else GreeksRule()

@@ -38,7 +38,6 @@ from ibkr_bridge.records import (
     GreeksRow,
     Record,
     record_from_dict,
-    record_to_json,
 )
 
 T0 = datetime(2024, 3, 8, 14, 30, tzinfo=UTC)
@@ -58,7 +57,7 @@ def greeks(n: int, **overrides: Any) -> GreeksRow:
 
 
 def line_of(record: Record) -> bytes:
-    return record_to_json(record).encode() + b"\n"
+    return buffer_module.format_line(record) + b"\n"
 
 
 def quarantine_entries(buf: JsonlBuffer) -> list[dict[str, Any]]:
@@ -339,8 +338,10 @@ def _read_commit(buf: JsonlBuffer, n: int) -> list[Record]:
 # -- quarantine and recovery -------------------------------------------------------------------
 
 
-def _file_with(path: Path, *lines: bytes, file_id: str = "a" * 32) -> None:
-    header = json.dumps({"v": 1, "type": "header", "file_id": file_id}).encode() + b"\n"
+def _file_with(path: Path, *lines: bytes, file_id: str = "a" * 32, version: int = 1) -> None:
+    # Version 1 (lines without checksums) by default: these tests forge lines by hand to
+    # reach the structural checks, which a version-2 file's checksum check would pre-empt.
+    header = json.dumps({"v": version, "type": "header", "file_id": file_id}).encode() + b"\n"
     path.write_bytes(header + b"".join(lines))
     path.chmod(0o600)
 
@@ -488,10 +489,10 @@ def test_headerless_file_is_moved_to_quarantine(path: Path) -> None:
 
 
 def test_header_of_unknown_version_is_left_untouched(path: Path) -> None:
-    content = b'{"v":2,"type":"header","file_id":"abc"}\n' + b"anything\n"
+    content = b'{"v":3,"type":"header","file_id":"abc"}\n' + b"anything\n"
     path.write_bytes(content)
     buf = JsonlBuffer(path)
-    with pytest.raises(BufferFormatError, match="header version 2"):
+    with pytest.raises(BufferFormatError, match="header version 3"):
         buf.open()
     assert path.read_bytes() == content
     path.unlink()

@@ -31,6 +31,7 @@ import asyncpg
 import pytest
 
 from ibkr_bridge import ConnectionState
+from ibkr_bridge.buffer import BufferPathError
 from ibkr_bridge.config import ConfigError, load_settings, redact_dsn, setting_keys
 from ibkr_bridge.testing import TestDatabase, wait_until
 
@@ -267,8 +268,10 @@ async def buffer_unreadable(w: World) -> None:
     content = w.buffer_path.read_bytes()
     assert content.count(b"\n") > 10, "too little was buffered to mean anything"
     bridge = w.new_bridge()
-    with unreadable(w.buffer_path), pytest.raises(PermissionError) as refused:
+    # A configuration problem (the CLI exits 2 on it), the OS's PermissionError chained.
+    with unreadable(w.buffer_path), pytest.raises(BufferPathError) as refused:
         await bridge.start()
+    assert isinstance(refused.value.__cause__, PermissionError), refused.value
     assert str(w.buffer_path) in str(refused.value), refused.value
     assert w.buffer_path.read_bytes() == content, "the failed start changed the buffer"
     w.pg.up()
@@ -299,7 +302,7 @@ DATABASE_CASES = [
         buffer_unreadable,
         setup=private_buffer_dir,
         starts_bridge=True,
-        note="start fails with PermissionError naming the file; a later start drains it",
+        note="start fails with BufferPathError (exit 2) naming the file; a later start drains it",
     ),
 ]
 

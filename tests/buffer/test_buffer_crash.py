@@ -53,8 +53,15 @@ def test_kill9_loses_and_doubles_nothing(tmp_path: Path) -> None:
     torn: list[str] = []
     for run in range(RUNS):
         proc = subprocess.Popen(
-            [sys.executable, str(WRITER), *files, "--seed", str(run)], stderr=subprocess.PIPE
+            [sys.executable, str(WRITER), *files, "--seed", str(run)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()  # the buffer is open: from here on it is working
+        if ready != b"ready\n":
+            proc.kill()
+            pytest.fail(f"writer run {run} did not start: {proc.communicate()[1].decode()}")
         # The moment of the kill is what is random here; the process never ends by itself.
         time.sleep(rng.uniform(0.05, 0.6))
         proc.kill()

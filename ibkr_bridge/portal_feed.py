@@ -430,6 +430,8 @@ class PortalFeed:
                     quantity=pos.quantity,
                     multiplier=pos.multiplier,
                     **greeks,
+                    # Client Portal strings carry no -2 sentinel: "-2.000" is a real theta.
+                    ib_sentinels=False,
                 )
             )
         if not any(leg.sec_type in SEC_TYPES for leg in legs):
@@ -703,7 +705,9 @@ class PortalFeed:
                 "POST",
                 SSODH_INIT,
                 "/iserver/auth/ssodh/init",
-                body={"publish": True, "compete": True},
+                # Never compete: IBKR documents compete=true as disconnecting the user's
+                # other brokerage sessions (the trader's own apps).
+                body={"publish": True, "compete": False},
             ),
             "ssodh/init",
         )

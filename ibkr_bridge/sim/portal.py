@@ -732,8 +732,8 @@ class PortalSimulator:
         chunked: bool = False,
         endpoints: Iterable[str] | None = None,
     ) -> None:
-        """Data endpoints (default as :meth:`echo_session`) answer 200 with a body of
-        ``nbytes`` bytes, streamed (the simulator never holds it), with a
+        """Data endpoints (default as :meth:`echo_session`) answer 200 with a JSON array of
+        zeros of exactly ``nbytes`` bytes, streamed (the simulator never holds it), with a
         ``Content-Length`` or, ``chunked``, without one: a client must refuse it unread."""
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
@@ -867,19 +867,28 @@ class PortalSimulator:
         return None
 
     async def _stream_huge(self, request: web.Request) -> web.StreamResponse:
+        """``[0,0,...,0]`` padded to exactly ``nbytes``: valid JSON, so a client that reads it
+        whole also builds a list of millions of items."""
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        nbytes = self._huge_bytes
         if self._huge_chunked:
             response.enable_chunked_encoding()
         else:
-            response.content_length = self._huge_bytes
-        chunk = b" " * _CHUNK
+            response.content_length = nbytes
+        items, pad = divmod(max(0, nbytes - 1), 2)  # "[" + pad + "0," * (items - 1) + "0]"
         try:
             await response.prepare(request)
-            left = self._huge_bytes
-            while left > 0:
-                piece = chunk if left >= _CHUNK else chunk[:left]
-                await response.write(piece)
-                left -= len(piece)
+            if nbytes < 3:
+                await response.write(b" " * nbytes)
+            else:
+                await response.write(b"[" + b" " * pad)
+                left = items - 1
+                per_chunk = _CHUNK // 2
+                while left > 0:
+                    count = min(left, per_chunk)
+                    await response.write(b"0," * count)
+                    left -= count
+                await response.write(b"0]")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass  # the client hung up after refusing the body: what it should do

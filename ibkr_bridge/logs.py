@@ -18,7 +18,9 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
@@ -115,16 +117,44 @@ _CACHED: Final = frozenset({"message", "asctime"})
 # Loggers whose messages quote whatever the gateway sent (ib_async logs whole wire messages,
 # e.g. "Error handling fields: [...]" for every garbage frame).
 _GATEWAY_LOGGERS: Final = ("ib_async",)
+#: At most this many records of one gateway library logger per window: a flood of garbage
+#: frames is a handful of lines and a count, not one line per frame.
+GATEWAY_LOG_BURST: Final = 20
+GATEWAY_LOG_WINDOW: Final = 60.0
 
 
 class RedactingFilter(logging.Filter):
     """Replaces secrets in the formatted message (and drops the raw args); records of the
-    gateway client libraries are also cut like :func:`gateway_text`."""
+    gateway client libraries are also cut like :func:`gateway_text` and limited to
+    :data:`GATEWAY_LOG_BURST` per :data:`GATEWAY_LOG_WINDOW` seconds per logger (the next
+    line after a quiet spell says how many were suppressed)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._monotonic = monotonic
+        self._windows: dict[str, tuple[float, int, int]] = {}  # name -> (start, shown, dropped)
+
+    def _admit(self, name: str) -> tuple[bool, int]:
+        """Whether a gateway record may be shown, and how many were dropped before it."""
+        now = self._monotonic()
+        start, shown, dropped = self._windows.get(name, (now, 0, 0))
+        if now - start >= GATEWAY_LOG_WINDOW:
+            start, shown = now, 0
+        if shown >= GATEWAY_LOG_BURST:
+            self._windows[name] = (start, shown, dropped + 1)
+            return False, 0
+        self._windows[name] = (start, shown + 1, 0)
+        return True, dropped
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.name.partition(".")[0] in _GATEWAY_LOGGERS:
+            admitted, dropped = self._admit(record.name)
+            if not admitted:
+                return False
             cleaned = gateway_text(message)
+            if dropped:
+                cleaned += f" ({dropped} similar lines suppressed)"
             if record.exc_info and record.exc_info[1] is not None:
                 # The traceback's last line repeats the garbage (e.g. a ValueError quoting
                 # the field): keep the exception's type and a cut message, not the text.

@@ -885,6 +885,9 @@ class PortalSimulator:
                 left = items - 1
                 per_chunk = _CHUNK // 2
                 while left > 0:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        return response  # the client refused the rest: stop sending it
                     count = min(left, per_chunk)
                     await response.write(b"0," * count)
                     left -= count

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from ibkr_bridge import ConnectionState
+from ibkr_bridge.errors import GatewayError
 from ibkr_bridge.logs import (
     GATEWAY_TEXT_LIMIT,
     RedactingFilter,
@@ -28,7 +30,7 @@ from ibkr_bridge.logs import (
     redact_secrets,
     remember_secret,
 )
-from ibkr_bridge.portal_feed import MAX_BODY_BYTES
+from ibkr_bridge.portal_feed import MAX_BODY_BYTES, PortalFeed
 from ibkr_bridge.sim.faults import FaultScriptError
 from ibkr_bridge.sim.portal import POSITIONS, SNAPSHOT, parse_portal_fault_script
 from ibkr_bridge.testing import wait_until
@@ -231,3 +233,24 @@ async def test_echoed_session_is_in_neither_the_service_log_nor_api_logs(
         assert not [line for line in service_log.lines if secret in line]
         assert not [m for m in service_log.raw if secret in m]
     assert len(await world.rows()) > 3
+
+
+async def test_a_body_nested_too_deep_for_the_json_parser_is_garbage_not_a_crash() -> None:
+    # Within the size bound, but json.loads raises RecursionError on it.
+    async def deep(request: web.Request) -> web.Response:
+        return web.Response(text="[" * 200_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("POST", "/v1/api/iserver/auth/status", deep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    feed = PortalFeed(gateway_url=f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(GatewayError, match="not an auth status"):
+            await feed.connect()
+    finally:
+        await feed.disconnect()
+        await runner.cleanup()

@@ -80,10 +80,15 @@ async def stored_texts(w: World) -> list[str]:
     return [f"{r['message']} {r['detail']}" for r in logs]
 
 
+def leaks(secret: str, text: str) -> bool:
+    """Whether any 8 characters in a row of ``secret`` show in ``text`` (half a token is a leak)."""
+    return any(secret[i : i + 8] in text for i in range(len(secret) - 7))
+
+
 def assert_secret_free(texts: list[str], lines: list[str], secrets: tuple[str, ...]) -> None:
     for secret in secrets:
-        assert not [t for t in texts if secret in t], f"{secret[:6]}... in api_logs"
-        assert not [line for line in lines if secret in line], f"{secret[:6]}... in the log"
+        assert not [t for t in texts if leaks(secret, t)], f"{secret[:6]}... in api_logs"
+        assert not [line for line in lines if leaks(secret, line)], f"{secret[:6]}... in the log"
 
 
 # -- PORTAL ------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .errors import LifecycleError, SchemaError, StoreError
 from .feed import Feed
 from .greeks import LegProblem, LegsVerdict
 from .health import HealthServer
+from .logs import redact_secrets
 from .machines.base import Transition
 from .machines.breaker import BreakerState
 from .machines.connection import ConnectionMachine, ConnectionState
@@ -318,6 +319,8 @@ class Bridge:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         if self._sink is not None:
+            # A second guard: feeds quote gateway text redacted already (logs.gateway_text).
+            message = redact_secrets(message)
             self._sink.log_event(event, message, status=status, detail=detail)
 
     def _publish(self) -> None:

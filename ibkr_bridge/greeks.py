@@ -72,7 +72,8 @@ def clean_greek(value: object) -> float | None:
     """A per-share Greek as IB sent it, or ``None`` when it is not data.
 
     ``None``, bools, non-numbers, NaN, ±inf, IB's unset double (1.797e308, anything with
-    magnitude >= 1e300) and IB's sentinel -2 are all missing.
+    magnitude >= 1e300) and IB's sentinel -2 are all missing. For ib_async's fields (SOCKET
+    mode) only: Client Portal strings have no -2 sentinel (see :func:`clean_portal_greek`).
     """
     number = _finite_number(value)
     # IB marks "not computed" with exactly -2 for delta, gamma, vega and theta (ib_async
@@ -83,6 +84,15 @@ def clean_greek(value: object) -> float | None:
     if number is None or number == _GREEK_SENTINEL:
         return None
     return number
+
+
+def clean_portal_greek(value: object) -> float | None:
+    """A per-share Greek parsed from a Client Portal string, or ``None`` when it is not data.
+
+    Only non-numbers and non-finite values are missing: the Client Portal API marks a Greek
+    it has not computed by leaving the field empty or out, so ``-2.0`` here is a real theta.
+    """
+    return _finite_number(value)
 
 
 def clean_price(value: object) -> float | None:
@@ -116,8 +126,8 @@ def parse_portal_number(text: str | float | int | None) -> float | None:
 
     Accepts ``"2.61"``, ``"-0.282"``, ``"C2.61"`` / ``"H2.61"`` (prefix stripped),
     ``"1,300"``, ``"10.2K"``, ``"1.5M"``, ``"2B"``, exponent notation and plain numbers.
-    Empty, ``"N/A"``, ``"-"``, non-finite values and anything else give ``None``. IB's
-    Greek sentinels are left to :func:`clean_greek`.
+    Empty, ``"N/A"``, ``"-"``, non-finite values and anything else give ``None``. A number is
+    always data here: ``"-2.000"`` is -2.0 (the -2 sentinel is ib_async's, not this API's).
     """
     if isinstance(text, bool):
         return None
@@ -189,7 +199,9 @@ class Leg:
 
     ``symbol`` is the UNDERLYING's symbol (legs are grouped by it). ``quantity`` is
     negative for short positions. The Greeks may be raw (sentinels, NaN): aggregation
-    cleans them again.
+    cleans them again. ``ib_sentinels`` says whether they come from an API that marks "not
+    computed" with -2 (ib_async, SOCKET mode: True); the Client Portal does not (False), so
+    there -2.0 is a real value.
     """
 
     conid: int
@@ -202,6 +214,7 @@ class Leg:
     vega: float | None = None
     theta: float | None = None
     underlying_price: float | None = None
+    ib_sentinels: bool = True
 
 
 def row_key(account: str, contract: str, timestamp: datetime, api_mode: str) -> str:
@@ -276,7 +289,8 @@ def _net_of_underlying(
             missing += 1
         elif leg.sec_type in OPTION_SEC_TYPES:
             size = leg.quantity * multiplier_from(leg.multiplier)
-            greeks = [clean_greek(g) for g in (leg.delta, leg.gamma, leg.vega, leg.theta)]
+            clean = clean_greek if leg.ib_sentinels else clean_portal_greek
+            greeks = [clean(g) for g in (leg.delta, leg.gamma, leg.vega, leg.theta)]
             if any(g is None for g in greeks):
                 missing += 1
             for column, greek in zip((delta, gamma, vega, theta), greeks, strict=True):

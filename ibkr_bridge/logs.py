@@ -1,7 +1,14 @@
 """Service logging: readable text by default, JSON lines with ``BRIDGE_LOG_FORMAT=json``.
 
 Secrets never reach a log line: every message passes through :func:`redact_secrets`,
-which replaces the password of any URL with credentials and any ``password=...`` pair.
+which replaces the password of any URL with credentials, any ``password=...`` pair and every
+live session value a feed learned (:func:`remember_secret`: the Client Portal ``session``
+from ``/tickle``, the cookies the gateway sets).
+
+Nothing a gateway says is trusted into a log verbatim: :func:`gateway_text` is how feeds
+quote an HTTP error body or an IB error message (redacted, control characters replaced,
+cut to :data:`GATEWAY_TEXT_LIMIT` characters with a marker). Records of ib_async's own
+loggers, which quote whole wire messages, get the same treatment in the handler.
 """
 
 from __future__ import annotations
@@ -10,6 +17,10 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
@@ -19,21 +30,139 @@ _URL_PASSWORD: Final = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)\S*(
 _PASSWORD_PAIR: Final = re.compile(r"(\bpassword\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)", re.I)
 
 
+#: Gateway-supplied text (an HTTP error body, an IB error message) is cut to this many
+#: characters before it reaches a log line or ``api_logs``.
+GATEWAY_TEXT_LIMIT: Final = 300
+TRUNCATION_MARKER: Final = "...[truncated, {total} chars]"
+# Shorter values would redact ordinary words; session tokens are 16+ characters.
+MIN_SECRET_LENGTH: Final = 8
+# Tokens rotate (every login, every night): keep the latest ones, bounded.
+MAX_SECRETS: Final = 64
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\n]")
+
+
+class _SecretValues:
+    """The live session values learned from the gateway, replaced by ``***`` wherever seen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the log handler may run on another thread
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, value: str) -> None:
+        if len(value) < MIN_SECRET_LENGTH:
+            return
+        with self._lock:
+            if value in self._values:
+                self._values.move_to_end(value)
+                return
+            self._values[value] = None
+            while len(self._values) > MAX_SECRETS:
+                self._values.popitem(last=False)
+            # Longest first: a value that is a prefix of another (a session id cut from the
+            # token) must not leave the rest of the longer one visible.
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._pattern = None
+
+    def redact(self, text: str) -> str:
+        pattern = self._pattern
+        return text if pattern is None else pattern.sub("***", text)
+
+
+_SECRETS: Final = _SecretValues()
+
+
+def remember_secret(value: object) -> None:
+    """Treat ``value`` (a session token, a cookie value) as a secret in every later log line.
+
+    Non-strings and values shorter than :data:`MIN_SECRET_LENGTH` are ignored.
+    """
+    if isinstance(value, str):
+        _SECRETS.add(value.strip())
+
+
+def forget_secrets() -> None:
+    """Drop every remembered session value (for tests)."""
+    _SECRETS.clear()
+
+
 def redact_secrets(text: str) -> str:
-    """``text`` with URL passwords and ``password=`` values replaced by ``***``."""
+    """``text`` with URL passwords, ``password=`` values and remembered session values
+    replaced by ``***``."""
+    text = _SECRETS.redact(text)
     return _PASSWORD_PAIR.sub(r"\g<1>***", _URL_PASSWORD.sub(r"\g<1>***\g<2>", text))
+
+
+def gateway_text(text: object, limit: int = GATEWAY_TEXT_LIMIT) -> str:
+    """Text a gateway supplied, safe to log: redacted, one line, at most ``limit`` characters
+    (plus a marker saying how long it was)."""
+    raw = text if isinstance(text, str) else str(text)
+    # Redact the whole text before cutting it: a secret across the cut must not leave its
+    # first half behind. Bodies are already bounded (portal_feed.MAX_BODY_BYTES).
+    clean = _CONTROL.sub("?", redact_secrets(raw))
+    if len(clean) <= limit:
+        return clean
+    return clean[:limit] + TRUNCATION_MARKER.format(total=len(raw))
 
 
 _RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 _CACHED: Final = frozenset({"message", "asctime"})
 
 
+# Loggers whose messages quote whatever the gateway sent (ib_async logs whole wire messages,
+# e.g. "Error handling fields: [...]" for every garbage frame).
+_GATEWAY_LOGGERS: Final = ("ib_async",)
+#: At most this many records of one gateway library logger per window: a flood of garbage
+#: frames is a handful of lines and a count, not one line per frame.
+GATEWAY_LOG_BURST: Final = 20
+GATEWAY_LOG_WINDOW: Final = 60.0
+
+
 class RedactingFilter(logging.Filter):
-    """Replaces DSN passwords in the formatted message (and drops the raw args)."""
+    """Replaces secrets in the formatted message (and drops the raw args); records of the
+    gateway client libraries are also cut like :func:`gateway_text` and limited to
+    :data:`GATEWAY_LOG_BURST` per :data:`GATEWAY_LOG_WINDOW` seconds per logger (the next
+    line after a quiet spell says how many were suppressed)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._monotonic = monotonic
+        self._windows: dict[str, tuple[float, int, int]] = {}  # name -> (start, shown, dropped)
+
+    def _admit(self, name: str) -> tuple[bool, int]:
+        """Whether a gateway record may be shown, and how many were dropped before it."""
+        now = self._monotonic()
+        start, shown, dropped = self._windows.get(name, (now, 0, 0))
+        if now - start >= GATEWAY_LOG_WINDOW:
+            start, shown = now, 0
+        if shown >= GATEWAY_LOG_BURST:
+            self._windows[name] = (start, shown, dropped + 1)
+            return False, 0
+        self._windows[name] = (start, shown + 1, 0)
+        return True, dropped
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact_secrets(message)
+        if record.name.partition(".")[0] in _GATEWAY_LOGGERS:
+            admitted, dropped = self._admit(record.name)
+            if not admitted:
+                return False
+            cleaned = gateway_text(message)
+            if dropped:
+                cleaned += f" ({dropped} similar lines suppressed)"
+            if record.exc_info and record.exc_info[1] is not None:
+                # The traceback's last line repeats the garbage (e.g. a ValueError quoting
+                # the field): keep the exception's type and a cut message, not the text.
+                exc = record.exc_info[1]
+                cleaned += f" ({type(exc).__name__}: {gateway_text(exc, 120)})"
+                record.exc_info, record.exc_text = None, None
+        else:
+            cleaned = redact_secrets(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True

@@ -21,6 +21,14 @@ positions are synced and every option leg has data from after the gateway's pre-
 older than ``stale_after``. A Greek the gateway did not send is missing (NULL), never 0.
 Field 7310 is theta and 7311 is vega.
 
+Nothing the gateway says is trusted into a log or ``api_logs`` verbatim: error bodies and
+messages are quoted through :func:`~ibkr_bridge.logs.gateway_text` (redacted, cut to a few
+hundred characters), and the session values the gateway hands out (``/tickle``'s
+``session``, ``/iserver/accounts``' ``sessionId``, every cookie it sets) are remembered as
+secrets the log redactor replaces. A body larger than :data:`MAX_BODY_BYTES` is refused
+without being read whole (by its ``Content-Length``, else while it streams in), with one
+``oversized_answer`` event per endpoint and episode.
+
 Every request goes through :class:`~ibkr_bridge.ratelimit.RateLimiter` so the gateway's
 limits are never reached; a 429 anyway pauses that endpoint and is logged. Answers that are
 not JSON or have the wrong shape are logged through ``feed_event`` and skipped. TLS is
@@ -64,6 +72,7 @@ from .greeks import (
     multiplier_from,
     parse_portal_number,
 )
+from .logs import gateway_text, remember_secret
 from .ratelimit import RateLimiter
 from .records import GreeksRow, Status
 
@@ -101,6 +110,11 @@ PAGE_SIZE: Final = 100
 MAX_PAGES: Final = 100  # 10,000 positions: a garbage answer cannot page forever
 CONIDS_PER_SNAPSHOT: Final = 50
 DEFAULT_POLL: Final = 2.0  # seconds between snapshot polls
+#: The largest answer read from the gateway. Real answers are a few hundred KiB at most
+#: (100 positions a page, 50 conids a snapshot); anything bigger is refused unread so a
+#: hostile or broken gateway cannot make the bridge hold it (a 50 MB body, a gzip bomb).
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+_READ_CHUNK: Final = 64 * 1024
 
 _T = TypeVar("_T")
 
@@ -156,6 +170,7 @@ class _Reply:
     status: int
     data: Any
     garbage: str | None = None
+    oversized: bool = False
 
 
 @frozen
@@ -227,18 +242,38 @@ def _parse_auth(data: Any) -> _Auth | None:
     if not all(isinstance(v, bool) for v in (authenticated, connected, competing)):
         return None
     message = data.get("message") or data.get("fail") or ""
-    return _Auth(bool(authenticated), bool(connected), bool(competing), str(message))
+    return _Auth(bool(authenticated), bool(connected), bool(competing), gateway_text(message))
 
 
 def _error_text(data: Any) -> str:
+    """The ``error`` of an error body, quoted safely (it may echo the session token)."""
     if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return str(data["error"])
+        return gateway_text(data["error"])
     return ""
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    text = gateway_text(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _learn_secrets(data: Any) -> None:
+    """Remember the session values an answer hands out, so no log line can show them."""
+    if isinstance(data, dict):
+        for key in ("session", "sessionId"):
+            remember_secret(data.get(key))
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
+    """The body, or None (the rest unread) once it grows past :data:`MAX_BODY_BYTES`."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class PortalFeed:
@@ -386,6 +421,9 @@ class PortalFeed:
         self._session = self._new_session()
         try:
             await self._authenticate()
+            # One tickle now, not a minute from now: it tells the session value, which must
+            # be known (as a secret to redact) before any error body could echo it.
+            await self._learn_session()
             await self._open_accounts()
             if not await self._refresh_positions():
                 raise GatewayError("could not read the positions from the gateway")
@@ -463,6 +501,8 @@ class PortalFeed:
                     quantity=pos.quantity,
                     multiplier=pos.multiplier,
                     **greeks,
+                    # Client Portal strings carry no -2 sentinel: "-2.000" is a real theta.
+                    ib_sentinels=False,
                 )
             )
         verdict = judge_legs(judged, self.rule)
@@ -567,15 +607,27 @@ class PortalFeed:
         async with session.request(
             method, self.gateway_url + path, params=params, **kwargs
         ) as response:
-            raw = await response.read()
             status = response.status
+            for morsel in response.cookies.values():
+                remember_secret(morsel.value)
+            declared = response.content_length
+            raw: bytes | None = None
+            if declared is None or declared <= MAX_BODY_BYTES:
+                raw = await _read_capped(response)
+            if raw is None:
+                response.close()  # drop the connection rather than read the rest
+                size = f"{declared} bytes" if declared is not None else "a streamed body"
+                why = f"{size}, over the {MAX_BODY_BYTES} byte limit: refused unread"
+                return _Reply(status, None, why, oversized=True)
         if not raw:
             return _Reply(status, None, "empty body")
         try:
-            return _Reply(status, json.loads(raw))
-        except (ValueError, UnicodeDecodeError):
-            preview = raw[:60].decode("utf-8", errors="replace")
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            preview = gateway_text(raw[:60].decode("utf-8", errors="replace"))
             return _Reply(status, None, f"not JSON: {preview!r}")
+        _learn_secrets(data)
+        return _Reply(status, data)
 
     async def _call(
         self,
@@ -606,6 +658,13 @@ class PortalFeed:
         finally:
             self._in_flight -= 1
         self._last_answer = self._clock.monotonic()
+        if reply.oversized:
+            self._report(
+                "oversized_answer",
+                f"{endpoint} answered HTTP {reply.status} with {reply.garbage}",
+                key=f"oversized:{endpoint}",
+                detail={"endpoint": endpoint, "status": reply.status, "limit": MAX_BODY_BYTES},
+            )
         if reply.status == 429:
             pause = self._limiter.penalize(endpoint)
             self._report(
@@ -741,7 +800,9 @@ class PortalFeed:
                 "POST",
                 SSODH_INIT,
                 "/iserver/auth/ssodh/init",
-                body={"publish": True, "compete": True},
+                # Never compete: IBKR documents compete=true as disconnecting the user's
+                # other brokerage sessions (the trader's own apps).
+                body={"publish": True, "compete": False},
             ),
             "ssodh/init",
         )
@@ -830,12 +891,14 @@ class PortalFeed:
 
     def _parse_position(self, raw: Any) -> PortalPosition | None:
         if not isinstance(raw, dict):
-            raise _BadRow(f"a position that is not an object: {raw!r:.60}")
+            raise _BadRow(f"a position that is not an object: {gateway_text(repr(raw), 60)}")
         conid = _as_int(raw.get("conid"))
         quantity = _as_float(raw.get("position"))
         asset = raw.get("assetClass")
         if conid is None or quantity is None or not isinstance(asset, str) or not asset:
-            raise _BadRow(f"a position without conid, position or assetClass: {raw!r:.120}")
+            raise _BadRow(
+                "a position without conid, position or assetClass: " + gateway_text(repr(raw), 120)
+            )
         account = raw.get("acctId")
         if isinstance(account, str) and account and account != self._account:
             return None
@@ -1037,6 +1100,13 @@ class PortalFeed:
             return
         if not auth.ok:
             self._lose(self._why_not(auth))
+
+    async def _learn_session(self) -> None:
+        """POST /tickle once to learn the session value (its auth status is acted on later)."""
+        self._last_tickle = self._clock.monotonic()
+        reply = await self._call("POST", TICKLE, "/tickle")
+        if reply.status == 401:
+            self._needs_human("the gateway has no login session (/tickle: HTTP 401)")
 
     async def _tickle_loop(self) -> None:
         while not self._lost:

@@ -47,6 +47,7 @@ from .greeks import (
     judge_legs,
     multiplier_from,
 )
+from .logs import gateway_text
 from .ratelimit import SOCKET_DETAILS_LIMIT, RateLimiter
 from .records import GreeksRow, Status
 
@@ -268,7 +269,7 @@ class _Session:
     def on_api_error(self, message: str) -> None:
         if self.closed:
             return
-        self.last_api_error = str(message)
+        self.last_api_error = gateway_text(message)
         if not self.ready:
             # ib_async only reports a socket closed during the handshake here (and then
             # waits out its timeout): fail the connect now.
@@ -304,6 +305,8 @@ class _Session:
     def on_error(self, req_id: int, code: int, message: str, contract: Contract | None) -> None:
         if self.closed:
             return
+        # The Gateway's text goes into api_logs and the log: never verbatim or unbounded.
+        message = gateway_text(message)
         detail: dict[str, Any] = {"code": code, "req_id": req_id}
         if contract is not None:
             detail["contract"] = contract.localSymbol or contract.symbol or str(contract.conId)

@@ -63,7 +63,8 @@ _SPEC: Final[ParamSpec] = {
     "daily_reset": {"kind": ((str, int), False), "outage": (_NUM, False)},
     "refuse": {"seconds": (_NUM, False)},
     "freeze": {"seconds": (_NUM, False)},
-    "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False)},
+    "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False), "count": ((int,), False)},
+    "error_message": {"code": ((int,), True), "text": ((str,), True), "req_id": ((int,), False)},
     "sentinel_greeks": {"mode": ((str,), True), "seconds": (_NUM, False)},
     "withhold_greeks": {"conid": ((int,), True), "seconds": (_NUM, False)},
     "resume_greeks": {"conid": ((int,), True)},
@@ -95,7 +96,9 @@ class FaultTarget(Protocol):
 
     async def freeze(self, seconds: float | None = None) -> None: ...
 
-    async def garbage(self, nbytes: int = 64, framed: bool = True) -> None: ...
+    async def garbage(self, nbytes: int = 64, framed: bool = True, count: int = 1) -> None: ...
+
+    async def error_message(self, code: int, text: str, req_id: int = -1) -> None: ...
 
     async def sentinel_greeks(self, mode: str, seconds: float | None = None) -> None: ...
 
@@ -149,6 +152,8 @@ def _check_step(index: int, raw: Any) -> FaultStep:
         params["kind"] = str(params["kind"])
         if params["kind"] not in RESET_KINDS:
             raise FaultScriptError(f"{where}: daily_reset kind must be 1101 or 1102")
+    if name == "garbage" and (params.get("nbytes", 64) < 0 or params.get("count", 1) < 0):
+        raise FaultScriptError(f"{where}: garbage nbytes and count must be >= 0")
     if name == "sentinel_greeks" and params["mode"] not in SENTINEL_MODES:
         raise FaultScriptError(f"{where}: sentinel mode must be one of {SENTINEL_MODES}")
     if name == "farm_notice" and params["code"] not in FARM_CODES:
@@ -197,7 +202,11 @@ async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
         case "freeze":
             await target.freeze(_opt_float(p.get("seconds")))
         case "garbage":
-            await target.garbage(int(p.get("nbytes", 64)), bool(p.get("framed", True)))
+            await target.garbage(
+                int(p.get("nbytes", 64)), bool(p.get("framed", True)), int(p.get("count", 1))
+            )
+        case "error_message":
+            await target.error_message(int(p["code"]), str(p["text"]), int(p.get("req_id", -1)))
         case "sentinel_greeks":
             await target.sentinel_greeks(str(p["mode"]), _opt_float(p.get("seconds")))
         case "withhold_greeks":

@@ -73,6 +73,12 @@ OTHER: Final = "other"
 
 PAGE_SIZE: Final = 100
 GREEK_FIELDS: Final = ("7308", "7309", "7310", "7311")
+GREEK_FIELD_OF: Final = MappingProxyType(
+    {"delta": "7308", "gamma": "7309", "theta": "7310", "vega": "7311"}
+)
+#: The cookie the simulated gateway sets on its session answers (a session secret).
+SESSION_COOKIE: Final = "x-sess-uuid"
+_CHUNK: Final = 64 * 1024
 SENTINEL_MODES: Final = ("missing", "empty", "minus2", "na")
 _SENTINEL_TEXT: Final = {"empty": "", "minus2": "-2", "na": "N/A"}
 _MONTHS: Final = (
@@ -174,6 +180,11 @@ def _is_regular_hours(when: datetime) -> bool:
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "statusCode": status}, status=status)
 
+
+# The endpoints a data fault hits by default: everything but the session's own.
+_DATA_ENDPOINTS: Final = frozenset(
+    {ISERVER_ACCOUNTS, PORTFOLIO_ACCOUNTS, POSITIONS, SNAPSHOT, SSO_VALIDATE}
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -278,6 +289,16 @@ class PortalSimulator:
         self._sentinel_mode = "missing"
         self._sentinel_conids: frozenset[int] | None = None
         self._garbage_seq = 0
+        self._cookie_token = secrets.token_hex(16)
+        self._fixed_greeks: dict[str, str] = {}
+        self._fixed_conids: frozenset[int] | None = None
+        self._echo_status = 500
+        self._echo_endpoints: frozenset[str] = frozenset()
+        self._huge_bytes = 0
+        self._huge_chunked = False
+        self._huge_endpoints: frozenset[str] = frozenset()
+        #: The ``compete`` flag of every ``ssodh/init`` request, in order (None: absent).
+        self.compete_flags: list[bool | None] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -419,6 +440,12 @@ class PortalSimulator:
     def busy(self) -> int:
         """Requests being worked on right now, not counting :attr:`parked` ones."""
         return self.in_flight - self.parked
+
+    @property
+    def session_secrets(self) -> tuple[str, str]:
+        """The live session values a client must never log: the ``/tickle`` ``session`` and
+        the session cookie's value."""
+        return self._session_token, self._cookie_token
 
     def reset_requests(self) -> None:
         self._requests.clear()
@@ -574,6 +601,7 @@ class PortalSimulator:
         """End every timed fault (not the session state: use :meth:`human_login`)."""
         self._fault_until.clear()
         self._sentinel_conids = None
+        self._fixed_conids = None
 
     def expire_session(self) -> None:
         """The brokerage session times out: ``authenticated: false``; ssodh/init restores it."""
@@ -609,6 +637,7 @@ class PortalSimulator:
         self._sso_login_at = self._clock.monotonic()
         self._sso_login_wall = self._clock.now()
         self._session_token = secrets.token_hex(16)
+        self._cookie_token = secrets.token_hex(16)
         self._competing_until = None
         self._fail = ""
         if brokerage:
@@ -661,6 +690,58 @@ class PortalSimulator:
         self._sentinel_mode = mode
         self._sentinel_conids = frozenset(conids) if conids is not None else None
         self._set_fault("sentinel", seconds)
+
+    def fixed_greeks(
+        self,
+        values: Mapping[str, str],
+        seconds: float | None = None,
+        *,
+        conids: Iterable[int] | None = None,
+    ) -> None:
+        """Snapshot Greeks of ``conids`` (default every option) are sent as the given strings,
+        e.g. ``{"theta": "-2.000"}``: a real value that happens to equal IB's socket sentinel.
+        Keys are ``delta``, ``gamma``, ``theta``, ``vega``."""
+        unknown = set(values) - set(GREEK_FIELD_OF)
+        if unknown:
+            raise ValueError(f"unknown Greek(s) {sorted(unknown)}; use {sorted(GREEK_FIELD_OF)}")
+        log.info("fault: fixed greeks %s (%s s)", dict(values), seconds)
+        self._fixed_greeks = {GREEK_FIELD_OF[k]: str(v) for k, v in values.items()}
+        self._fixed_conids = frozenset(conids) if conids is not None else None
+        self._set_fault("fixed", seconds)
+
+    def echo_session(
+        self,
+        seconds: float | None = None,
+        *,
+        status: int = 500,
+        endpoints: Iterable[str] | None = None,
+    ) -> None:
+        """Data endpoints (default: all but ``/tickle`` and auth status) answer ``status``
+        with an error body that echoes the session token and cookie, as a gateway that
+        reflects its request context into errors does: a client must not log it verbatim."""
+        log.info("fault: error bodies echo the session (%s s)", seconds)
+        self._echo_status = status
+        self._echo_endpoints = frozenset(endpoints) if endpoints is not None else _DATA_ENDPOINTS
+        self._set_fault("echo", seconds)
+
+    def huge_body(
+        self,
+        nbytes: int,
+        seconds: float | None = None,
+        *,
+        chunked: bool = False,
+        endpoints: Iterable[str] | None = None,
+    ) -> None:
+        """Data endpoints (default as :meth:`echo_session`) answer 200 with a JSON array of
+        zeros of exactly ``nbytes`` bytes, streamed (the simulator never holds it), with a
+        ``Content-Length`` or, ``chunked``, without one: a client must refuse it unread."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        log.info("fault: %d-byte answers (chunked=%s, %s s)", nbytes, chunked, seconds)
+        self._huge_bytes = nbytes
+        self._huge_chunked = chunked
+        self._huge_endpoints = frozenset(endpoints) if endpoints is not None else _DATA_ENDPOINTS
+        self._set_fault("huge", seconds)
 
     def set_position(
         self, account: str, conid: int, quantity: float, avg_cost: float | None = None
@@ -745,7 +826,9 @@ class PortalSimulator:
         self._record(request, endpoint, response.status)
         return response
 
-    async def _gate(self, request: web.Request, endpoint: str, now: float) -> web.Response | None:
+    async def _gate(
+        self, request: web.Request, endpoint: str, now: float
+    ) -> web.StreamResponse | None:
         """The answer given before the endpoint itself runs, if any."""
         if self._active("storm"):
             return _error(429, "Too many requests")
@@ -772,7 +855,47 @@ class PortalSimulator:
         if not self._sso_valid:
             return _error(401, "not authenticated")
         self._last_activity = now
+        if self._active("echo") and endpoint in self._echo_endpoints:
+            token, cookie = self.session_secrets
+            return _error(
+                self._echo_status,
+                f"internal error handling {request.path} for session {token} "
+                f"(cookie {SESSION_COOKIE}={cookie})",
+            )
+        if self._active("huge") and endpoint in self._huge_endpoints:
+            return await self._stream_huge(request)
         return None
+
+    async def _stream_huge(self, request: web.Request) -> web.StreamResponse:
+        """``[0,0,...,0]`` padded to exactly ``nbytes``: valid JSON, so a client that reads it
+        whole also builds a list of millions of items."""
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        nbytes = self._huge_bytes
+        if self._huge_chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = nbytes
+        items, pad = divmod(max(0, nbytes - 1), 2)  # "[" + pad + "0," * (items - 1) + "0]"
+        try:
+            await response.prepare(request)
+            if nbytes < 3:
+                await response.write(b" " * nbytes)
+            else:
+                await response.write(b"[" + b" " * pad)
+                left = items - 1
+                per_chunk = _CHUNK // 2
+                while left > 0:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        return response  # the client refused the rest: stop sending it
+                    count = min(left, per_chunk)
+                    await response.write(b"0," * count)
+                    left -= count
+                await response.write(b"0]")
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up after refusing the body: what it should do
+        return response
 
     async def _wait_closing(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
@@ -803,22 +926,28 @@ class PortalSimulator:
 
     # -- endpoints ------------------------------------------------------------------------
 
+    def _with_cookie(self, response: web.Response) -> web.Response:
+        response.set_cookie(SESSION_COOKIE, self._cookie_token, secure=True, httponly=True)
+        return response
+
     async def _tickle(self, request: web.Request) -> web.Response:
         now = self._clock.monotonic()
         left_ms = max(0, int((self._sso_login_at + self.sso_lifetime - now) * 1000))
-        return web.json_response(
-            {
-                "session": self._session_token,
-                "ssoExpires": left_ms,
-                "collission": self._competing(),
-                "userId": self.user_id,
-                "hmds": {} if self._bridge_ready else {"error": "no bridge"},
-                "iserver": {"authStatus": self._auth_status()},
-            }
+        return self._with_cookie(
+            web.json_response(
+                {
+                    "session": self._session_token,
+                    "ssoExpires": left_ms,
+                    "collission": self._competing(),
+                    "userId": self.user_id,
+                    "hmds": {} if self._bridge_ready else {"error": "no bridge"},
+                    "iserver": {"authStatus": self._auth_status()},
+                }
+            )
         )
 
     async def _auth(self, request: web.Request) -> web.Response:
-        return web.json_response(self._auth_status())
+        return self._with_cookie(web.json_response(self._auth_status()))
 
     async def _ssodh_init(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -830,7 +959,9 @@ class PortalSimulator:
                 return _error(400, "Bad Request: body is not JSON")
         if not isinstance(body, dict):
             return _error(400, "Bad Request: body must be an object")
-        compete = bool(body.get("compete", False))
+        flag = body.get("compete")
+        self.compete_flags.append(flag if isinstance(flag, bool) else None)
+        compete = bool(flag)
         if self._needs_human:
             self._fail = "login required"
         elif self._competing() and not compete:
@@ -1067,6 +1198,10 @@ class PortalSimulator:
             values["7310"] = self._fmt_greek(greeks.theta)
             values["7311"] = self._fmt_greek(greeks.vega)
             values["7633"] = f"{greeks.implied_vol * 100:.1f}"
+            if self._active("fixed") and (
+                self._fixed_conids is None or conid in self._fixed_conids
+            ):
+                values.update(self._fixed_greeks)
             if self._active("sentinel") and (
                 self._sentinel_conids is None or conid in self._sentinel_conids
             ):
@@ -1100,6 +1235,22 @@ _PORTAL_SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] =
         "mode": ((str,), False),
         "conids": ((list,), False),
     },
+    "fixed_greeks": {
+        "seconds": (_NUM, False),
+        "values": ((dict,), True),
+        "conids": ((list,), False),
+    },
+    "echo_session": {
+        "seconds": (_NUM, False),
+        "status": ((int,), False),
+        "endpoints": ((list,), False),
+    },
+    "huge_body": {
+        "nbytes": ((int,), True),
+        "seconds": (_NUM, False),
+        "chunked": ((bool,), False),
+        "endpoints": ((list,), False),
+    },
     "clear_faults": {},
     **PORTFOLIO_FAULTS,
 }
@@ -1117,6 +1268,25 @@ def _check_step(index: int, raw: Any) -> FaultStep:
             isinstance(c, int) and not isinstance(c, bool) for c in conids
         ):
             raise FaultScriptError(f"{where}: sentinel_greeks.conids must be integers")
+    if name == "fixed_greeks":
+        values = params["values"]
+        if not values or set(values) - set(GREEK_FIELD_OF):
+            raise FaultScriptError(
+                f"{where}: fixed_greeks.values keys must be among {sorted(GREEK_FIELD_OF)}"
+            )
+        if not all(isinstance(v, str) for v in values.values()):
+            raise FaultScriptError(f"{where}: fixed_greeks.values must be strings")
+        conids = params.get("conids")
+        if conids is not None and not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in conids
+        ):
+            raise FaultScriptError(f"{where}: fixed_greeks.conids must be integers")
+    if name in ("echo_session", "huge_body"):
+        endpoints = params.get("endpoints")
+        if endpoints is not None and not all(isinstance(e, str) for e in endpoints):
+            raise FaultScriptError(f"{where}: {name}.endpoints must be endpoint names")
+    if name == "huge_body" and params["nbytes"] < 0:
+        raise FaultScriptError(f"{where}: huge_body.nbytes must be >= 0")
     return FaultStep(at, name, MappingProxyType(params))
 
 
@@ -1163,6 +1333,28 @@ def apply_portal_fault(sim: PortalSimulator, step: FaultStep) -> None:
                 _opt(p.get("seconds")),
                 mode=str(p.get("mode", "missing")),
                 conids=None if conids is None else [int(c) for c in conids],
+            )
+        case "fixed_greeks":
+            conids = p.get("conids")
+            sim.fixed_greeks(
+                {str(k): str(v) for k, v in p["values"].items()},
+                _opt(p.get("seconds")),
+                conids=None if conids is None else [int(c) for c in conids],
+            )
+        case "echo_session":
+            endpoints = p.get("endpoints")
+            sim.echo_session(
+                _opt(p.get("seconds")),
+                status=int(p.get("status", 500)),
+                endpoints=None if endpoints is None else [str(e) for e in endpoints],
+            )
+        case "huge_body":
+            endpoints = p.get("endpoints")
+            sim.huge_body(
+                int(p["nbytes"]),
+                _opt(p.get("seconds")),
+                chunked=bool(p.get("chunked", False)),
+                endpoints=None if endpoints is None else [str(e) for e in endpoints],
             )
         case "clear_faults":
             sim.clear_faults()

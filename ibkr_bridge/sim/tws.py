@@ -483,15 +483,34 @@ class TwsSimulator:
             for data in held:
                 self._write(conn, data)
 
-    async def garbage(self, nbytes: int = 64, framed: bool = True) -> None:
-        """Send ``nbytes`` random bytes to every session, inside a frame or raw.
+    async def garbage(self, nbytes: int = 64, framed: bool = True, count: int = 1) -> None:
+        """Send ``count`` bursts of ``nbytes`` random bytes to every session, each inside a
+        frame or raw.
 
-        A raw burst corrupts the client's framing for the rest of the session.
+        A raw burst corrupts the client's framing for the rest of the session; many framed
+        ones are a flood the client must survive (the simulator waits for each session's
+        socket to drain between batches, so its own buffers stay small).
         """
-        log.info("fault: garbage (%d bytes, framed=%s)", nbytes, framed)
+        log.info("fault: garbage (%d x %d bytes, framed=%s)", count, nbytes, framed)
+        for i in range(count):
+            for conn in list(self._conns.values()):
+                junk = self._rng.randbytes(nbytes)
+                self._write(conn, wire.frame(junk) if framed else junk)
+            if i % 64 == 63:
+                await self._drain()
+
+    async def error_message(self, code: int, text: str, req_id: int = -1) -> None:
+        """An IB error message ``code`` with ``text`` (any length, any content) to every
+        started session: what a client quotes from the Gateway must be bounded."""
+        log.info("fault: error message %d (%d chars)", code, len(text))
+        for conn in self._started():
+            self._send_error(conn, req_id, code, text)
+
+    async def _drain(self) -> None:
         for conn in list(self._conns.values()):
-            junk = bytes(self._rng.getrandbits(8) for _ in range(nbytes))
-            self._write(conn, wire.frame(junk) if framed else junk)
+            if not conn.closing and self._thawed.is_set():
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await conn.writer.drain()
 
     async def sentinel_greeks(self, mode: str, seconds: float | None = None) -> None:
         """Greeks arrive as IBKR's sentinels for ``seconds`` (or until cleared).

@@ -68,6 +68,8 @@ async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
                 "DATABASE_URL": db.dsn,
                 "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
                 "BRIDGE_POLL_INTERVAL": str(POLL),
+                # The simulator's prices never move, so its Greeks arrive once: keep them current.
+                "BRIDGE_STALE_AFTER": "86400",
             },
             use_dotenv=False,
         )

@@ -180,11 +180,17 @@ async def inspect_bridge_schema(conn: asyncpg.Connection) -> dict[str, list[Find
 
     A table absent from the result does not exist: it is one to create.
     """
+    # One round trip: the bridge runs this at every start and every database recovery.
     rows = await conn.fetch(
         """
         SELECT c.relname AS table, a.attname AS column,
                format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
-               (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS filled
+               (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS filled,
+               EXISTS (
+                   SELECT 1 FROM pg_index i
+                   WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1
+                     AND i.indkey[0] = a.attnum AND i.indpred IS NULL
+               ) AS unique_key
         FROM pg_class c
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         WHERE c.oid = ANY(ARRAY[to_regclass($1), to_regclass($2), to_regclass($3)])
@@ -193,14 +199,17 @@ async def inspect_bridge_schema(conn: asyncpg.Connection) -> dict[str, list[Find
         *TABLES,
     )
     present: dict[str, dict[str, _Attr]] = {}
+    keyed: set[str] = set()
     for row in rows:
         attrs = present.setdefault(row["table"], {})
         attrs[row["column"]] = _Attr(row["type"], row["not_null"], row["filled"])
+        if row["column"] == "bridge_key" and row["unique_key"]:
+            keyed.add(row["table"])
     found: dict[str, list[Finding]] = {}
     for table in TABLES:
         if table in present:
             found[table] = _findings(table, present[table])
-            if "bridge_key" in present[table] and not await _has_unique_key(conn, table):
+            if "bridge_key" in present[table] and table not in keyed:
                 found[table].append(_no_unique_key(table))
     return found
 
@@ -313,10 +322,13 @@ async def ensure_bridge_schema(db: Executor) -> None:
 async def _ensure(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_ID)
-        findings = [f for items in (await inspect_bridge_schema(conn)).values() for f in items]
+        found = await inspect_bridge_schema(conn)
+        findings = [f for items in found.values() for f in items]
         if findings:
             raise SchemaError(describe(findings))
-        await conn.execute(DDL)
+        absent = [table_ddl(table) for table in TABLES if table not in found]
+        if absent:
+            await conn.execute("\n".join(absent))
 
 
 @frozen
@@ -386,18 +398,3 @@ def describe(findings: Sequence[Finding]) -> str:
         )
         lines += [f"  {stmt}" for stmt in additive]
     return "\n".join(lines)
-
-
-async def _has_unique_key(conn: asyncpg.Connection, table: str) -> bool:
-    found = await conn.fetchval(
-        """
-        SELECT EXISTS (
-            SELECT 1 FROM pg_index i
-            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-            WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1
-              AND a.attname = 'bridge_key' AND i.indpred IS NULL
-        )
-        """,
-        table,
-    )
-    return bool(found)

@@ -16,6 +16,7 @@ import pty
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -365,6 +366,27 @@ async def test_schema_apply_upgrades_a_table_missing_columns(world: World) -> No
     assert [r["delta"] for r in rows] == [0.0, 1.0, 2.0, 1.25]  # the old row is the newest
     assert rows[-1]["bridge_key"].startswith("legacy:")
     assert (await world.run("check")).code == 0
+
+
+async def test_check_fails_when_underlying_greeks_may_not_be_written(world: World) -> None:
+    await world.create_tables()
+    role = f"bridge_cli_{uuid.uuid4().hex[:12]}"
+    conn = await world.db.connect()
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        await conn.execute(f'GRANT USAGE ON SCHEMA "{world.db.schema}" TO {role}')
+        await conn.execute(f"GRANT INSERT, SELECT ON portfolio_greeks, api_logs TO {role}")
+        dsn = world.db.dsn.replace("postgresql://postgres@", f"postgresql://{role}@", 1)
+        assert role in dsn
+        done = await world.run("check", "--json", env={"DATABASE_URL": dsn})
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}")
+        await conn.execute(f"DROP ROLE {role}")
+        await conn.close()
+    assert done.code == 1
+    schema = done.check("schema")
+    assert schema["status"] == "FAIL"
+    assert f"user {role} may not INSERT into underlying_greeks" in schema["detail"]
 
 
 async def test_run_exits_3_on_a_table_in_the_wrong_shape(world: World) -> None:

@@ -196,7 +196,9 @@ async def _schema(settings: Settings, *, apply: bool) -> int:
         return EXIT_FAILURE
     try:
         plan = await (apply_bridge_schema(conn) if apply else plan_bridge_schema(conn))
-        legacy = await legacy_underlying_rows(conn)
+        legacy = 0
+        with contextlib.suppress(Exception):  # a note only: never fail what already ran
+            legacy = await legacy_underlying_rows(conn)
     except SchemaError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_SCHEMA

@@ -216,6 +216,15 @@ async def test_schema_prints_the_plan_and_apply_creates_the_tables(world: World)
     nothing = await world.run("schema")
     assert nothing.code == 0
     assert "`schema --apply` has nothing to do" in nothing.out
+    assert "note:" not in nothing.out
+
+    # A per-underlying row an earlier version wrote to portfolio_greeks is pointed out.
+    await world.db.fetch(
+        "INSERT INTO portfolio_greeks (timestamp, contract, bridge_key) VALUES (now(), 'SPY', 'k')"
+    )
+    noted = await world.run("schema")
+    assert noted.code == 0
+    assert "note: 1 per-underlying rows are in portfolio_greeks" in noted.out
 
 
 # --- check ---------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ async def inspect_bridge_schema(conn: asyncpg.Connection) -> dict[str, list[Find
     # One round trip: the bridge runs this at every start and every database recovery.
     rows = await conn.fetch(
         """
-        SELECT c.relname AS table, a.attname AS column,
+        SELECT c.relname AS table, c.relkind::text AS kind, a.attname AS column,
                format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
                (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') AS filled,
                EXISTS (
@@ -200,18 +200,27 @@ async def inspect_bridge_schema(conn: asyncpg.Connection) -> dict[str, list[Find
     )
     present: dict[str, dict[str, _Attr]] = {}
     keyed: set[str] = set()
+    not_tables: dict[str, str] = {}
     for row in rows:
+        if row["kind"] not in ("r", "p", "f"):  # COPY cannot write into a view
+            not_tables[row["table"]] = _KINDS.get(row["kind"], f"relkind {row['kind']}")
         attrs = present.setdefault(row["table"], {})
         attrs[row["column"]] = _Attr(row["type"], row["not_null"], row["filled"])
         if row["column"] == "bridge_key" and row["unique_key"]:
             keyed.add(row["table"])
     found: dict[str, list[Finding]] = {}
     for table in TABLES:
-        if table in present:
+        if table in not_tables:
+            problem = f"is a {not_tables[table]}, not a table: the bridge cannot write to it"
+            found[table] = [Finding(table, problem, (), additive=False)]
+        elif table in present:
             found[table] = _findings(table, present[table])
             if "bridge_key" in present[table] and table not in keyed:
                 found[table].append(_no_unique_key(table))
     return found
+
+
+_KINDS: Final = {"v": "view", "m": "materialized view"}
 
 
 def _findings(table: str, attrs: Mapping[str, _Attr]) -> list[Finding]:
@@ -300,7 +309,7 @@ async def legacy_underlying_rows(conn: asyncpg.Connection) -> int:
     if not has_contract:
         return 0
     count = await conn.fetchval(
-        f"SELECT count(*) FROM {GREEKS_TABLE} WHERE contract IS DISTINCT FROM 'PORTFOLIO'"
+        f"SELECT count(*) FROM {GREEKS_TABLE} WHERE contract <> 'PORTFOLIO'"
     )
     return int(count)
 

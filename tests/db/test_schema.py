@@ -342,3 +342,17 @@ async def test_a_spec_005_table_is_refused_at_start_and_upgraded_by_apply(
     assert [r["contract"] for r in under] == ["ES", "SPY"]
     events = await db.fetch("SELECT event, detail FROM api_logs ORDER BY id")
     assert [r["event"] for r in events] == ["connect", "startup"]
+
+
+async def test_a_view_in_a_tables_place_is_refused(db: TestDatabase) -> None:
+    conn = await db.connect()
+    try:
+        await ensure_bridge_schema(conn)
+        await conn.execute("ALTER TABLE api_logs RENAME TO api_logs_real")
+        await conn.execute("CREATE VIEW api_logs AS SELECT * FROM api_logs_real")
+        with pytest.raises(SchemaError, match="api_logs: is a view, not a table"):
+            await ensure_bridge_schema(conn)
+        with pytest.raises(SchemaError, match="api_logs: is a view"):
+            await apply_bridge_schema(conn)
+    finally:
+        await conn.close()

@@ -329,6 +329,11 @@ async def test_operations_spec_005_upgrade_and_row_move_work_as_shown(db: TestDa
             " VALUES (now(), 'SPY', 2.5, 'k1'), (now(), 'ES', 3.5, 'k2')"
         )
         assert await legacy_underlying_rows(conn) == 2
+        # k1 also drained again after the upgrade (committed by the old version before a crash).
+        await conn.execute(
+            "INSERT INTO underlying_greeks (timestamp, contract, delta, bridge_key)"
+            " VALUES (now(), 'SPY', 2.5, 'k1')"
+        )
         for _ in range(2):  # the move is safe to run twice
             await conn.execute(scripts['title="moving per-underlying rows"'])
         kept = await conn.fetch("SELECT contract, delta FROM portfolio_greeks")

@@ -349,11 +349,6 @@ class Plan:
     blocked: tuple[Finding, ...]  # for a human: --apply refuses while any is left
 
     @property
-    def statements(self) -> list[str]:
-        steps = [stmt for finding in self.upgrade for stmt in finding.fix]
-        return steps + [table_ddl(table) for table in self.create]
-
-    @property
     def empty(self) -> bool:
         return not (self.create or self.upgrade or self.blocked)
 

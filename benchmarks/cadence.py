@@ -326,7 +326,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> CadenceResult:
                 wall_offset_end = time.time() - time.monotonic()
             status = bridge.status
             stats = bridge.sink.stats
-            stamps = await db.fetch("SELECT timestamp FROM portfolio_greeks")
+            stamps = await db.fetch(
+                "SELECT timestamp FROM portfolio_greeks"
+                " UNION ALL SELECT timestamp FROM underlying_greeks"
+            )
     finally:
         await sim.stop()
     load_after = load_average()

@@ -246,7 +246,13 @@ async def run_phase(
             stats = bridge.sink.stats
             conn = await db.connect()
             try:
-                in_table = int(await conn.fetchval("SELECT count(*) FROM portfolio_greeks"))
+                # PORTFOLIO rows and the per-underlying ones (their own table).
+                in_table = int(
+                    await conn.fetchval(
+                        "SELECT (SELECT count(*) FROM portfolio_greeks)"
+                        " + (SELECT count(*) FROM underlying_greeks)"
+                    )
+                )
             finally:
                 await conn.close()
     finally:

@@ -8,8 +8,9 @@ It starts an IBKR simulator in this process (a demo portfolio of SPY stock and o
 ES futures options, prices moving on a seeded random walk), uses ``DATABASE_URL`` when it
 is reachable (else PostgreSQL on 127.0.0.1:5432, else an embedded PostgreSQL from the
 ``pgserver`` package), and runs the real Bridge against them, printing one line per tick.
-Rows go to ``portfolio_greeks`` and events to ``api_logs`` in the schema it names (a
-private ``ibkr_bridge_demo`` schema unless ``DATABASE_URL`` is set).
+Rows go to ``portfolio_greeks`` (per underlying: ``underlying_greeks``) and events to
+``api_logs`` in the schema it names (a private ``ibkr_bridge_demo`` schema unless
+``DATABASE_URL`` is set).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ async def demo(mode: str, seconds: float, interval: float) -> int:
         status = bridge.status
     print(
         f"done: {status.rows_submitted} rows written, final state {status.connection}, "
-        f"breaker {status.breaker}. The rows are in portfolio_greeks, the events in api_logs "
+        f"breaker {status.breaker}. The rows are in portfolio_greeks (per underlying: "
+        f"underlying_greeks), the events in api_logs "
         f"({where})."
     )
     stop_embedded_postgres()

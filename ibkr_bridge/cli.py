@@ -9,7 +9,8 @@ Commands:
     A doctor (:mod:`ibkr_bridge.doctor`): configuration, database and schema, gateway
     (without taking a client id), buffer. A table, or ``--json``.
 ``schema``
-    Prints the DDL of the bridge's tables; ``--apply`` creates them (never alters them).
+    Prints what the bridge's tables need; ``--apply`` creates and upgrades them additively
+    (never changes a type or drops anything); ``--ddl`` prints the DDL.
 ``buffer status`` / ``buffer drain``
     What the crash-safe buffer holds (and how many records ``.rejected`` keeps); drain it
     into the database now.
@@ -188,10 +189,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- schema ----------------------------------------------------------------------------
 
 
-async def _apply_schema(settings: Settings) -> int:
+async def _schema(settings: Settings, *, apply: bool) -> int:
     import asyncpg
 
-    from .schema import EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema, ensure_bridge_schema
+    from .schema import (
+        TABLES,
+        apply_bridge_schema,
+        legacy_underlying_rows,
+        plan_bridge_schema,
+        table_ddl,
+    )
 
     where = settings.database.redacted()
     try:
@@ -207,8 +214,10 @@ async def _apply_schema(settings: Settings) -> int:
         print(f"{PROG}: cannot connect to {where}: {_describe(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        before = await check_bridge_schema(conn)
-        await ensure_bridge_schema(conn)
+        plan = await (apply_bridge_schema(conn) if apply else plan_bridge_schema(conn))
+        legacy = 0
+        with contextlib.suppress(Exception):  # a note only: never fail what already ran
+            legacy = await legacy_underlying_rows(conn)
     except SchemaError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_SCHEMA
@@ -218,26 +227,52 @@ async def _apply_schema(settings: Settings) -> int:
     finally:
         with contextlib.suppress(Exception):
             await conn.close(timeout=settings.db_command_timeout)
-    created = sorted(t for t, problems in before.items() if problems == ["table is missing"])
-    kept = sorted({GREEKS_TABLE, EVENTS_TABLE} - set(created))
-    print(f"{where}: the bridge's tables are in place")
-    if created:
-        print(f"created: {', '.join(created)}")
-    if kept:
-        print(f"already present, unchanged: {', '.join(kept)}")
-    return EXIT_OK
+    upgraded = sorted({f.table for f in plan.upgrade})
+    kept = sorted(set(TABLES) - set(plan.create) - set(upgraded))
+    if apply:
+        print(f"{where}: the bridge's tables are in place")
+        if plan.create:
+            print(f"created: {', '.join(sorted(plan.create))}")
+        if upgraded:
+            print(f"upgraded, every row kept: {', '.join(upgraded)}")
+            for finding in plan.upgrade:
+                print("\n".join(f"  {stmt}" for stmt in finding.fix))
+        if kept:
+            print(f"already present, unchanged: {', '.join(kept)}")
+    elif plan.empty:
+        print(f"{where}: the bridge's tables are in place; `schema --apply` has nothing to do")
+    else:
+        print(f"-- {where}: what `ibkr-bridge schema --apply` would do (nothing changed yet)")
+        if plan.blocked:
+            print("-- first, by hand as the tables' owner (--apply refuses until these are done):")
+            for finding in plan.blocked:
+                print(f"-- {finding.table}: {finding.problem}")
+                print("\n".join(finding.fix))
+        for finding in plan.upgrade:
+            print(f"-- {finding.table}: {finding.problem}")
+            print("\n".join(finding.fix))
+        for table in plan.create:
+            print(f"-- create {table}")
+            print(table_ddl(table))
+    if legacy:
+        print(
+            f"note: {legacy} per-underlying rows are in portfolio_greeks (written by an earlier "
+            "version); new ones go to underlying_greeks. docs/operations.md shows how to move "
+            "them (the bridge does not)."
+        )
+    return EXIT_SCHEMA if plan.blocked else EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from .schema import DDL
 
-    if not args.apply:
+    if args.ddl:
         print(DDL)
         return EXIT_OK
     settings = _settings_or_exit(args)
     if isinstance(settings, int):
         return settings
-    return asyncio.run(_apply_schema(settings))
+    return asyncio.run(_schema(settings, apply=args.apply))
 
 
 # --- buffer ----------------------------------------------------------------------------
@@ -573,13 +608,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = command(
         "schema",
-        "print (or --apply) the tables' DDL",
-        "Print the DDL of portfolio_greeks and api_logs. With --apply, create whatever is "
-        "absent in the configured database; existing tables are never altered (a shape the "
-        "bridge cannot write to is reported with statements to fix it, exit code 3).",
+        "show (or --apply) what the bridge's tables need",
+        "Print what the configured database needs for portfolio_greeks, underlying_greeks "
+        "and api_logs: tables to create and additive upgrades (missing columns, bridge_key "
+        "backfilled, its unique index). With --apply, run them in one transaction, keeping "
+        "every row. A change only a human should make (a wrong column type, a NOT NULL) "
+        "is printed with its ALTER and makes --apply refuse, exit code 3. --ddl prints the "
+        "tables' DDL without connecting.",
     )
     _config_options(schema, mode=False)
-    schema.add_argument("--apply", action="store_true", help="create the tables now")
+    what = schema.add_mutually_exclusive_group()
+    what.add_argument("--apply", action="store_true", help="create and upgrade the tables now")
+    what.add_argument("--ddl", action="store_true", help="print the DDL only, connect nowhere")
     schema.set_defaults(func=cmd_schema)
 
     buffer = command(

@@ -51,7 +51,7 @@ from .config import ApiMode, ConfigError, DatabaseConfig, Settings, load_setting
 from .drain import RejectedFile, RejectedSummary, reason_of
 from .logs import redact_secrets
 from .portal_feed import api_root
-from .schema import EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema
+from .schema import EVENTS_TABLE, GREEKS_TABLE, UNDERLYING_TABLE, check_bridge_schema
 
 __all__ = [
     "BufferReport",
@@ -174,7 +174,10 @@ SELECT current_user AS "user",
        to_regclass('{GREEKS_TABLE}') IS NULL
            OR has_table_privilege(to_regclass('{GREEKS_TABLE}'), 'INSERT') AS "greeks_insert",
        to_regclass('{EVENTS_TABLE}') IS NULL
-           OR has_table_privilege(to_regclass('{EVENTS_TABLE}'), 'INSERT') AS "events_insert"
+           OR has_table_privilege(to_regclass('{EVENTS_TABLE}'), 'INSERT') AS "events_insert",
+       to_regclass('{UNDERLYING_TABLE}') IS NULL
+           OR has_table_privilege(to_regclass('{UNDERLYING_TABLE}'), 'INSERT')
+           AS "underlying_insert"
 """
 
 
@@ -240,11 +243,18 @@ def _schema_result(problems: Mapping[str, list[str]], privileges: Mapping[str, A
     }
     if shape:
         lines = [f"{table}: {item}" for table, items in shape.items() for item in items]
-        lines.append("nothing was changed; `ibkr-bridge schema --apply` prints statements to fix")
+        lines.append(
+            "nothing was changed; `ibkr-bridge schema` shows the fix (`--apply` runs the "
+            "additive part)"
+        )
         return CheckResult("schema", "FAIL", "\n".join(lines), data, code=EXIT_SCHEMA)
     no_insert = [
         table
-        for table, key in ((GREEKS_TABLE, "greeks_insert"), (EVENTS_TABLE, "events_insert"))
+        for table, key in (
+            (GREEKS_TABLE, "greeks_insert"),
+            (UNDERLYING_TABLE, "underlying_insert"),
+            (EVENTS_TABLE, "events_insert"),
+        )
         if not privileges[key]
     ]
     if no_insert:
@@ -278,8 +288,8 @@ def _schema_result(problems: Mapping[str, list[str]], privileges: Mapping[str, A
     return CheckResult(
         "schema",
         "OK",
-        f"{GREEKS_TABLE} and {EVENTS_TABLE} present in schema {privileges['schema']}, "
-        "every column and unique key in place",
+        f"{GREEKS_TABLE}, {UNDERLYING_TABLE} and {EVENTS_TABLE} present in schema "
+        f"{privileges['schema']}, every column, type and unique key in place",
         data,
     )
 

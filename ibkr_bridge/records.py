@@ -52,7 +52,10 @@ def _float_or_none(value: Any) -> float | None:
 
 @frozen(kw_only=True)
 class GreeksRow:
-    """One row of ``portfolio_greeks``: net Greeks of the portfolio (or one underlying)."""
+    """Net Greeks of the portfolio (``portfolio_greeks``) or one underlying (``underlying_greeks``).
+
+    The table follows from ``contract`` alone (see :mod:`ibkr_bridge.store`).
+    """
 
     timestamp: datetime = field(validator=_aware)
     account: str

@@ -1,5 +1,10 @@
 """PostgreSQL writes: the live path and the buffer drain share one COPY-based path.
 
+Greeks rows are routed by their contract: ``PORTFOLIO`` rows to ``portfolio_greeks``, the
+per-underlying rows to ``underlying_greeks`` (so an unfiltered reader of the latest
+``portfolio_greeks`` row gets the portfolio). Buffered lines need nothing new: a line
+written when every row went to ``portfolio_greeks`` is routed the same way on drain.
+
 A batch of records (Greeks rows and api_logs events, in order) is written in one
 transaction. First optimistically: COPY straight into the tables. If any key is already
 there (a replay: a buffer line drained twice after a crash, a commit retried because its
@@ -37,8 +42,9 @@ from .errors import (
     TransientStoreError,
     classify_db_error,
 )
+from .greeks import PORTFOLIO
 from .records import ApiEvent, GreeksRow, Record
-from .schema import EVENTS_TABLE, GREEKS_TABLE, ensure_bridge_schema
+from .schema import EVENTS_TABLE, GREEKS_TABLE, UNDERLYING_TABLE, ensure_bridge_schema
 
 T = TypeVar("T")
 
@@ -86,9 +92,17 @@ CREATE TEMP TABLE IF NOT EXISTS _bridge_events_in (
 ) ON COMMIT DELETE ROWS;
 """.strip()
 
+# A Greeks record's table follows from its contract alone, so a replayed record (a buffer
+# line written by a version that put every row in portfolio_greeks included) always lands
+# in the same table as its first copy and its key makes the replay a no-op there.
 _GREEKS_INSERT: Final = f"""
 INSERT INTO {GREEKS_TABLE} ({", ".join(GREEKS_COPY_COLUMNS[1:])})
-SELECT {", ".join(GREEKS_COPY_COLUMNS[1:])} FROM _bridge_greeks_in ORDER BY seq
+SELECT {", ".join(GREEKS_COPY_COLUMNS[1:])} FROM _bridge_greeks_in
+WHERE contract = '{PORTFOLIO}' ORDER BY seq
+ON CONFLICT (bridge_key) DO NOTHING;
+INSERT INTO {UNDERLYING_TABLE} ({", ".join(GREEKS_COPY_COLUMNS[1:])})
+SELECT {", ".join(GREEKS_COPY_COLUMNS[1:])} FROM _bridge_greeks_in
+WHERE contract IS DISTINCT FROM '{PORTFOLIO}' ORDER BY seq
 ON CONFLICT (bridge_key) DO NOTHING
 """
 _EVENTS_INSERT: Final = f"""
@@ -290,11 +304,9 @@ class Store:
                 # then the temp-table path below inserts what is new and skips replays.
                 try:
                     async with conn.transaction():
-                        if greeks:
+                        for table, rows in _by_table(greeks).items():
                             await conn.copy_records_to_table(
-                                GREEKS_TABLE,
-                                records=[g[1:] for g in greeks],
-                                columns=GREEKS_COPY_COLUMNS[1:],
+                                table, records=rows, columns=GREEKS_COPY_COLUMNS[1:]
                             )
                         if events:
                             await conn.copy_records_to_table(
@@ -352,6 +364,15 @@ class Store:
                 await self._pool.release(conn)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             _terminate(conn)
+
+
+def _by_table(greeks: Sequence[GreeksTuple]) -> dict[str, list[GreeksTuple]]:
+    """PORTFOLIO rows to portfolio_greeks, per-underlying rows to underlying_greeks (no seq)."""
+    tables: dict[str, list[GreeksTuple]] = {}
+    for g in greeks:
+        table = GREEKS_TABLE if g[2] == PORTFOLIO else UNDERLYING_TABLE
+        tables.setdefault(table, []).append(g[1:])
+    return tables
 
 
 def _terminate(conn: asyncpg.Connection) -> None:

@@ -16,6 +16,7 @@ import pty
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,6 +96,13 @@ class World:
     async def count(self, table: str) -> int:
         rows = await self.db.fetch(f"SELECT count(*) AS n FROM {table}")
         return int(rows[0]["n"])
+
+    async def count_tables(self) -> set[str]:
+        rows = await self.db.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            self.db.schema,
+        )
+        return {r["table_name"] for r in rows}
 
     async def create_tables(self) -> None:
         conn = await self.db.connect()
@@ -182,24 +190,41 @@ async def test_help_names_every_command_and_exit_code(world: World) -> None:
     assert "invalid choice" in usage.err
 
 
-async def test_schema_prints_the_ddl_and_apply_creates_the_tables(world: World) -> None:
-    ddl = await world.run("schema")
-    assert ddl.code == 0
-    assert "CREATE TABLE IF NOT EXISTS portfolio_greeks" in ddl.out
-    assert "CREATE TABLE IF NOT EXISTS api_logs" in ddl.out
+async def test_schema_prints_the_plan_and_apply_creates_the_tables(world: World) -> None:
+    ddl = await world.run("schema", "--ddl", env={"DATABASE_URL": "not a url"})
+    assert ddl.code == 0  # --ddl reads no configuration and connects nowhere
+    for table in ("portfolio_greeks", "underlying_greeks", "api_logs"):
+        assert f"CREATE TABLE IF NOT EXISTS {table}" in ddl.out
+
+    plan = await world.run("schema")
+    assert plan.code == 0, plan.err
+    assert "what `ibkr-bridge schema --apply` would do (nothing changed yet)" in plan.out
+    for table in ("portfolio_greeks", "underlying_greeks", "api_logs"):
+        assert f"CREATE TABLE IF NOT EXISTS {table}" in plan.out
+    assert await world.count_tables() == set()
 
     applied = await world.run("schema", "--apply")
     assert applied.code == 0, applied.err
-    assert "created: api_logs, portfolio_greeks" in applied.out
-    tables = await world.db.fetch(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-        world.db.schema,
-    )
-    assert {r["table_name"] for r in tables} == {"portfolio_greeks", "api_logs"}
+    assert "created: api_logs, portfolio_greeks, underlying_greeks" in applied.out
+    assert await world.count_tables() == {"portfolio_greeks", "underlying_greeks", "api_logs"}
 
     again = await world.run("schema", "--apply")
     assert again.code == 0
-    assert "already present, unchanged: api_logs, portfolio_greeks" in again.out
+    assert "already present, unchanged: api_logs, portfolio_greeks, underlying_greeks" in (
+        again.out
+    )
+    nothing = await world.run("schema")
+    assert nothing.code == 0
+    assert "`schema --apply` has nothing to do" in nothing.out
+    assert "note:" not in nothing.out
+
+    # A per-underlying row an earlier version wrote to portfolio_greeks is pointed out.
+    await world.db.fetch(
+        "INSERT INTO portfolio_greeks (timestamp, contract, bridge_key) VALUES (now(), 'SPY', 'k')"
+    )
+    noted = await world.run("schema")
+    assert noted.code == 0
+    assert "note: 1 per-underlying rows are in portfolio_greeks" in noted.out
 
 
 # --- check ---------------------------------------------------------------------------------
@@ -290,26 +315,87 @@ async def test_bad_configuration_lists_every_problem_with_exit_2(world: World) -
     ]
 
 
-async def test_a_table_in_the_wrong_shape_is_exit_3(world: World) -> None:
+async def test_a_table_with_a_wrong_type_is_exit_3_with_its_alter(world: World) -> None:
     conn = await world.db.connect()
     try:
-        await conn.execute("CREATE TABLE portfolio_greeks (timestamp timestamptz, bridge_key text)")
+        await conn.execute("CREATE TABLE portfolio_greeks (timestamp timestamptz, delta real)")
     finally:
         await conn.close()
+    alter = "ALTER TABLE portfolio_greeks ALTER COLUMN delta TYPE double precision USING"
     done = await world.run("check")
     assert done.code == 3
-    schema = [line for line in done.out.splitlines() if "portfolio_greeks: missing column" in line]
-    assert "portfolio_greeks: missing column delta" in "\n".join(schema)
+    schema = [line for line in done.out.splitlines() if "portfolio_greeks: " in line]
+    assert "portfolio_greeks: column delta is real, needs double precision" in "\n".join(schema)
+
+    plan = await world.run("schema")
+    assert plan.code == 3
+    assert alter in plan.out
+    assert "ALTER TABLE portfolio_greeks ADD COLUMN gamma double precision;" in plan.out
 
     applied = await world.run("schema", "--apply")
     assert applied.code == 3
-    assert "ALTER TABLE portfolio_greeks ADD COLUMN delta double precision;" in applied.err
+    assert alter in applied.err
+    columns = await world.db.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1",
+        world.db.schema,
+    )
+    assert {r["column_name"] for r in columns} == {"timestamp", "delta"}  # nothing changed
+    assert await world.count_tables() == {"portfolio_greeks"}
 
     with JsonlBuffer(world.buffer_path) as buf:
         buf.append(records(1))
     drain = await world.run("buffer", "drain")
     assert drain.code == 3
-    assert "missing column delta" in drain.err
+    assert "column delta is real" in drain.err
+
+
+async def test_schema_apply_upgrades_a_table_missing_columns(world: World) -> None:
+    conn = await world.db.connect()
+    try:
+        await conn.execute("CREATE TABLE portfolio_greeks (timestamp timestamptz, delta float8)")
+        await conn.execute("INSERT INTO portfolio_greeks VALUES ('2026-01-02T03:04:05Z', 1.25)")
+    finally:
+        await conn.close()
+    assert (await world.run("check")).code == 3
+    with JsonlBuffer(world.buffer_path) as buf:
+        buf.append(records(3))
+    assert (await world.run("buffer", "drain")).code == 3  # the service never alters a table
+
+    plan = await world.run("schema")
+    assert plan.code == 0, plan.err
+    assert "ALTER TABLE portfolio_greeks ADD COLUMN bridge_key text;" in plan.out
+    applied = await world.run("schema", "--apply")
+    assert applied.code == 0, applied.err
+    assert "upgraded, every row kept: portfolio_greeks" in applied.out
+    assert "created: api_logs, underlying_greeks" in applied.out
+
+    drain = await world.run("buffer", "drain")
+    assert drain.code == 0, drain.err
+    rows = await world.db.fetch("SELECT delta, bridge_key FROM portfolio_greeks ORDER BY timestamp")
+    assert [r["delta"] for r in rows] == [0.0, 1.0, 2.0, 1.25]  # the old row is the newest
+    assert rows[-1]["bridge_key"].startswith("legacy:")
+    assert (await world.run("check")).code == 0
+
+
+async def test_check_fails_when_underlying_greeks_may_not_be_written(world: World) -> None:
+    await world.create_tables()
+    role = f"bridge_cli_{uuid.uuid4().hex[:12]}"
+    conn = await world.db.connect()
+    try:
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        await conn.execute(f'GRANT USAGE ON SCHEMA "{world.db.schema}" TO {role}')
+        await conn.execute(f"GRANT INSERT, SELECT ON portfolio_greeks, api_logs TO {role}")
+        dsn = world.db.dsn.replace("postgresql://postgres@", f"postgresql://{role}@", 1)
+        assert role in dsn
+        done = await world.run("check", "--json", env={"DATABASE_URL": dsn})
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}")
+        await conn.execute(f"DROP ROLE {role}")
+        await conn.close()
+    assert done.code == 1
+    schema = done.check("schema")
+    assert schema["status"] == "FAIL"
+    assert f"user {role} may not INSERT into underlying_greeks" in schema["detail"]
 
 
 async def test_run_exits_3_on_a_table_in_the_wrong_shape(world: World) -> None:

@@ -4,9 +4,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from ibkr_bridge.buffer import JsonlBuffer
+from ibkr_bridge.drain import drain_buffer
 from ibkr_bridge.errors import PermanentStoreError, TransientStoreError
 from ibkr_bridge.records import ApiEvent, GreeksRow, record_from_json, record_to_json
 from ibkr_bridge.store import Store, split_raw
@@ -149,3 +152,77 @@ async def test_cut_mid_transaction_is_transient_and_atomic(db: TestDatabase) -> 
             await s.close()
     # All or nothing: the batch was one transaction.
     assert len(await db.fetch("SELECT 1 FROM portfolio_greeks")) in (0, 20000)
+
+
+# --- per-underlying rows have their own table (issue 14.2) -----------------------------------
+
+
+async def _contracts(db: TestDatabase, table: str) -> list[tuple[str, str]]:
+    rows = await db.fetch(f"SELECT contract, bridge_key FROM {table} ORDER BY id")
+    return [(r["contract"], r["bridge_key"]) for r in rows]
+
+
+async def test_underlying_rows_go_to_their_own_table_on_both_paths(
+    store: Store, db: TestDatabase
+) -> None:
+    p0, spy0, es0 = row(0), row(0, contract="SPY"), row(0, contract="ES")
+    await store.write([p0, spy0, es0, event(0)])  # the optimistic COPY path
+    p1, spy1, es1 = row(1), row(1, contract="SPY"), row(1, contract="ES")
+    await store.write([p0, spy0, p1, spy1, es1])  # a replayed key: the temp-table path
+    assert await _contracts(db, "portfolio_greeks") == [
+        ("PORTFOLIO", p0.key),
+        ("PORTFOLIO", p1.key),
+    ]
+    assert await _contracts(db, "underlying_greeks") == [
+        ("SPY", spy0.key),
+        ("ES", es0.key),
+        ("SPY", spy1.key),
+        ("ES", es1.key),
+    ]
+    latest = await db.fetch("SELECT contract FROM portfolio_greeks ORDER BY timestamp DESC LIMIT 1")
+    assert latest[0]["contract"] == "PORTFOLIO"
+
+
+def _line_as_main_wrote_it(r: GreeksRow) -> str:
+    # Spelled out, not record_to_json: the buffer format of the version before this change.
+    data = {
+        "timestamp": r.timestamp.isoformat(),
+        "account": r.account,
+        "api_mode": r.api_mode,
+        "contract": r.contract,
+        "delta": r.delta,
+        "gamma": r.gamma,
+        "vega": r.vega,
+        "theta": r.theta,
+        "underlying_price": r.underlying_price,
+        "dollar_delta": r.dollar_delta,
+        "legs": r.legs,
+        "legs_missing": r.legs_missing,
+    }
+    return json.dumps({"v": 1, "type": "greeks", "key": r.key, "data": data})
+
+
+async def test_buffered_underlying_rows_of_the_old_version_drain_to_their_table(
+    store: Store, db: TestDatabase, tmp_path: Path
+) -> None:
+    # A buffer left by the old version, which wrote every row of a tick to portfolio_greeks.
+    tick = [row(0), row(0, contract="ES"), row(0, contract="SPY"), row(1), row(1, contract="SPY")]
+    path = tmp_path / "buffer.jsonl"
+    header = json.dumps({"v": 1, "type": "header", "file_id": "0" * 32})
+    text = "\n".join([header, *map(_line_as_main_wrote_it, tick)]) + "\n"
+    for attempt in range(2):  # the second time: the same lines replayed (a lost cursor)
+        path.write_text(text)
+        path.chmod(0o600)
+        with JsonlBuffer(path) as buffer:
+            progress = await drain_buffer(buffer, store)
+        assert progress.drained == len(tick), attempt
+        assert progress.rejected == 0
+        assert await _contracts(db, "portfolio_greeks") == [
+            ("PORTFOLIO", tick[0].key),
+            ("PORTFOLIO", tick[3].key),
+        ]
+        assert await _contracts(db, "underlying_greeks") == [
+            ("ES", tick[1].key),
+            ("SPY", tick[2].key),
+            ("SPY", tick[4].key),
+        ]

@@ -33,6 +33,7 @@ import pytest
 from ibkr_bridge import ApiEvent, DurableWriter, GreeksRow, JsonlBuffer, Store
 from ibkr_bridge.drain import drain_buffer
 from ibkr_bridge.records import Record, record_to_json
+from ibkr_bridge.schema import apply_bridge_schema, legacy_underlying_rows
 from ibkr_bridge.testing import TestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,8 +108,11 @@ async def test_embed_example_prints_the_rows_it_stores(db: TestDatabase, tmp_pat
     assert summary is not None, done.out
     assert int(summary[1]) == len(printed)
     # Every row the callback saw is in PostgreSQL, and nothing else.
+    # PORTFOLIO rows in portfolio_greeks, the per-underlying ones in underlying_greeks.
     stored = await db.fetch("SELECT count(*) AS n FROM portfolio_greeks")
-    assert stored[0]["n"] == len(printed)
+    assert stored[0]["n"] == sum(" PORTFOLIO " in line for line in printed)
+    under = await db.fetch("SELECT count(*) AS n FROM underlying_greeks")
+    assert under[0]["n"] == sum(" PORTFOLIO " not in line for line in printed)
     events = {r["event"] for r in await db.fetch("SELECT event FROM api_logs")}
     assert {"startup", "transition", "shutdown"} <= events
 
@@ -246,6 +250,11 @@ def _history(base: datetime) -> list[Record]:
         GreeksRow(timestamp=at(s), account="U1", api_mode="SOCKET", delta=1.0)
         for s in (0, 5, 10, 15, 60, 65)
     ]
+    rows += [
+        GreeksRow(timestamp=at(s), account="U1", api_mode="SOCKET", contract=c, delta=0.5)
+        for s in (60, 65)
+        for c in ("ES", "SPY")
+    ]
     events: list[Record] = [
         event(-1, "startup", "bridge starting in SOCKET mode"),
         move(20, "connection", "LIVE", "BACKOFF", trigger="disconnected", attempt=1, delay=5),
@@ -266,7 +275,8 @@ def _history(base: datetime) -> list[Record]:
 
 
 async def test_operations_queries_run_and_find_what_they_claim(db: TestDatabase) -> None:
-    queries = [body for _, body in fenced_blocks(OPERATIONS, "sql")]
+    # Titled blocks are scripts (a migration, a table shape), tested on their own below.
+    queries = [body for info, body in fenced_blocks(OPERATIONS, "sql") if "title=" not in info]
     assert len(queries) >= 5
     base = (datetime.now(UTC) - timedelta(minutes=10)).replace(microsecond=0)
     store = await Store.open(db.dsn)
@@ -290,9 +300,47 @@ async def test_operations_queries_run_and_find_what_they_claim(db: TestDatabase)
                 assert [(r["opened"], r["closed"]) for r in found] == [
                     (base + timedelta(seconds=30), base + timedelta(seconds=50))
                 ]
+            if "FROM underlying_greeks ORDER BY" in query:  # each underlying now
+                assert [(r["contract"], r["timestamp"]) for r in found] == [
+                    ("ES", base + timedelta(seconds=65)),
+                    ("SPY", base + timedelta(seconds=65)),
+                ]
+            if "ORDER BY timestamp DESC LIMIT 1" in query:  # the portfolio now
+                assert [r["contract"] for r in found] == ["PORTFOLIO"]
+            if "JOIN underlying_greeks" in query:  # the latest tick's underlyings
+                assert sorted(r["contract"] for r in found) == ["ES", "SPY"]
             if "'started'" in query:  # connect attempts
                 outcomes = [r["outcome"] for r in found]
                 assert outcomes == ["started", "failed", "connected"]
+    finally:
+        await conn.close()
+
+
+async def test_operations_spec_005_upgrade_and_row_move_work_as_shown(db: TestDatabase) -> None:
+    scripts = {info: body for info, body in fenced_blocks(OPERATIONS, "sql") if "title=" in info}
+    conn = await db.connect()
+    try:
+        await conn.execute(scripts['title="spec-005 tables"'])
+        await conn.execute("INSERT INTO portfolio_greeks (delta) VALUES (1.5)")
+        await apply_bridge_schema(conn)
+        # Rows an earlier version of this bridge wrote for an underlying, then the move.
+        await conn.execute(
+            "INSERT INTO portfolio_greeks (timestamp, contract, delta, bridge_key)"
+            " VALUES (now(), 'SPY', 2.5, 'k1'), (now(), 'ES', 3.5, 'k2')"
+        )
+        assert await legacy_underlying_rows(conn) == 2
+        # k1 also drained again after the upgrade (committed by the old version before a crash).
+        await conn.execute(
+            "INSERT INTO underlying_greeks (timestamp, contract, delta, bridge_key)"
+            " VALUES (now(), 'SPY', 2.5, 'k1')"
+        )
+        for _ in range(2):  # the move is safe to run twice
+            await conn.execute(scripts['title="moving per-underlying rows"'])
+        kept = await conn.fetch("SELECT contract, delta FROM portfolio_greeks")
+        assert [(r["contract"], r["delta"]) for r in kept] == [("PORTFOLIO", 1.5)]
+        moved = await conn.fetch("SELECT contract, bridge_key FROM underlying_greeks ORDER BY id")
+        assert [(r["contract"], r["bridge_key"]) for r in moved] == [("SPY", "k1"), ("ES", "k2")]
+        assert await legacy_underlying_rows(conn) == 0
     finally:
         await conn.close()
 
@@ -378,7 +426,7 @@ async def test_recover_script_puts_set_aside_records_back(db: TestDatabase, tmp_
 
     async def keys() -> list[str]:
         found = await db.fetch(
-            "SELECT bridge_key FROM portfolio_greeks WHERE bridge_key = ANY($1::text[])",
+            "SELECT bridge_key FROM underlying_greeks WHERE bridge_key = ANY($1::text[])",
             [refused.key, torn_zone.key],
         )
         return sorted(r["bridge_key"] for r in found)
@@ -396,7 +444,7 @@ async def test_recover_script_puts_set_aside_records_back(db: TestDatabase, tmp_
         assert write.code == 0, write.err
         assert await keys() == sorted([refused.key, torn_zone.key])
     contracts = await db.fetch(
-        "SELECT contract FROM portfolio_greeks WHERE bridge_key = $1", refused.key
+        "SELECT contract FROM underlying_greeks WHERE bridge_key = $1", refused.key
     )
     assert [r["contract"] for r in contracts] == ["SPY"]
 

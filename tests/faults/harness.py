@@ -424,8 +424,10 @@ class World:
                 rows += await self.db.fetch(f"SELECT * FROM {table} ORDER BY id")
             return rows
 
+        # Per-underlying rows have their own table (issue 14.2); the invariants see both.
+        underlying = await self.db.fetch("SELECT * FROM underlying_greeks ORDER BY id")
         return (
-            await union("portfolio_greeks", self.saved_greeks),
+            await union("portfolio_greeks", self.saved_greeks) + underlying,
             await union("api_logs", self.saved_events),
         )
 

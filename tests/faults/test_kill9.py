@@ -199,6 +199,7 @@ async def test_kill_9_at_random_instants(db: TestDatabase, tmp_path: Path) -> No
                 await flapping
                 await server.close()
         rows = await db.fetch("SELECT * FROM portfolio_greeks ORDER BY id")
+        rows += await db.fetch("SELECT * FROM underlying_greeks ORDER BY id")
         logs = await db.fetch("SELECT bridge_key FROM api_logs")
         quarantined = read_quarantine(buffer)
         left = leftovers(buffer)

@@ -397,7 +397,10 @@ async def test_database_outage_in_healthz_and_metrics(world: ScriptedWorld) -> N
     assert one(m, "ibkr_bridge_buffer_pending_bytes") == 0
 
     # The database is the independent witness: every row and every transition reached it.
-    rows = await w.db.fetch("SELECT count(*) AS n FROM portfolio_greeks")
+    rows = await w.db.fetch(
+        "SELECT (SELECT count(*) FROM portfolio_greeks)"
+        " + (SELECT count(*) FROM underlying_greeks) AS n"
+    )
     assert one(m, "ibkr_bridge_rows_submitted_total") == rows[0]["n"]
     logged = await w.db.fetch(
         "SELECT machine, source_state, dest_state FROM api_logs WHERE event = 'transition'"
@@ -424,9 +427,11 @@ async def test_greeks_gauges_equal_the_last_row(world: ScriptedWorld) -> None:
     await w.ticks(4)
     await w.bridge.sink.flush()
     m = await w.metrics()
+    # The last tick: its PORTFOLIO row and, in their own table, its underlyings' rows.
     last = await w.db.fetch(
         "SELECT * FROM portfolio_greeks WHERE timestamp = (SELECT max(timestamp) "
-        "FROM portfolio_greeks)"
+        "FROM portfolio_greeks) UNION ALL SELECT * FROM underlying_greeks WHERE timestamp = "
+        "(SELECT max(timestamp) FROM portfolio_greeks)"
     )
     assert {r["contract"] for r in last} == {"PORTFOLIO", "SPY"}
     for row in last:

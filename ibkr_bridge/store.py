@@ -36,6 +36,7 @@ from .errors import (
     SchemaError,
     TransientStoreError,
     classify_db_error,
+    is_replay,
 )
 from .records import ApiEvent, GreeksRow, Record
 from .schema import EVENTS_TABLE, GREEKS_TABLE, ensure_bridge_schema
@@ -303,8 +304,9 @@ class Store:
                                 columns=EVENTS_COPY_COLUMNS[1:],
                             )
                     return
-                except asyncpg.UniqueViolationError:
-                    pass
+                except asyncpg.UniqueViolationError as exc:
+                    if not is_replay(exc):
+                        raise  # another unique constraint: the record's own data
                 if greeks:
                     await conn.copy_records_to_table(
                         "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS
@@ -320,7 +322,8 @@ class Store:
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._closed:
-            raise PermanentStoreError("the store is closed")
+            # Not the data's fault: a record written after close waits in the buffer.
+            raise TransientStoreError("the store is closed")
         conn: asyncpg.Connection | None = None
         try:
             async with asyncio.timeout(self._acquire_timeout + self._command_timeout):

@@ -39,7 +39,7 @@ from .errors import (
     is_replay,
 )
 from .records import ApiEvent, GreeksRow, Record
-from .schema import EVENTS_TABLE, GREEKS_TABLE, ensure_bridge_schema
+from .schema import EVENTS_TABLE, GREEKS_TABLE, check_bridge_schema, ensure_bridge_schema
 
 T = TypeVar("T")
 
@@ -260,7 +260,7 @@ class Store:
             self._pool.terminate()
 
     async def ensure_schema(self) -> None:
-        await self._run(ensure_bridge_schema)
+        await self._run(_ensure_or_check)
 
     async def ping(self) -> None:
         """One round trip; raises a StoreError when the database cannot answer."""
@@ -355,6 +355,21 @@ class Store:
                 await self._pool.release(conn)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             _terminate(conn)
+
+
+async def _ensure_or_check(conn: asyncpg.Connection) -> None:
+    """Create the tables if absent; a role that may only write needs them to be right.
+
+    The bootstrap's DDL needs the tables' owner (or CREATE on the schema). A role granted
+    only INSERT and SELECT, as least privilege suggests, would fail every probe and the
+    breaker would never close: when the tables are already there and in shape, that is
+    all the probe needs to know.
+    """
+    try:
+        await ensure_bridge_schema(conn)
+    except asyncpg.InsufficientPrivilegeError:
+        if await check_bridge_schema(conn):  # missing or misshapen: the DDL was needed
+            raise
 
 
 def _terminate(conn: asyncpg.Connection) -> None:

@@ -31,7 +31,10 @@ row (:data:`MAX_CONSECUTIVE_REJECTIONS`) is no longer believed to be bad data: a
 that refuses everything (a CHECK or trigger gone wrong) is the environment, so the breaker
 opens and the records wait. The rows of that run that were already rejected are queued
 again in the buffer, ahead of the rest, so they arrive too once the cause is removed (their
-lines stay in ``.rejected``; replaying them is a no-op).
+lines stay in ``.rejected``; replaying them is a no-op). Each probe then first asks whether
+the tables take a well-formed record at all (:meth:`Store.accepts`, rolled back): if they
+do, the run really was bad data (a burst of garbage from the gateway), and it is rejected
+as such instead of blocking the buffer for ever.
 
 A record is *durable* once committed or fsync'd into the buffer; the future returned by
 :meth:`submit` resolves then.
@@ -55,9 +58,11 @@ from .errors import LifecycleError, PermanentStoreError, TransientStoreError
 from .machines.breaker import BreakerState, CircuitBreaker
 from .records import (
     ApiEvent,
+    GreeksRow,
     Record,
     RecordFormatError,
     Status,
+    new_key,
     record_from_json,
     record_to_json,
 )
@@ -138,6 +143,9 @@ class DurableWriter:
         self._episode_open = False
         self._episode_rejected = self._episode_requeued = 0
         self._batch_seen = (0, 0)  # (drained, rejected) of the drain at its last batch
+        self._requeued_keys: set[str] = set()  # already in .rejected: not written twice
+        self._refusals_are_data = False  # a probe found the tables take good records
+        self._last_row: GreeksRow | None = None  # a record the table took: the probe's model
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -382,19 +390,20 @@ class DurableWriter:
         commits, hence ``in_buffer``): the TransientStoreError raised here ends that drain
         with the batch uncommitted, exactly like an outage.
         """
-        if self._streak >= self._max_rejections:
+        if self._streak >= self._max_rejections and not self._refusals_are_data:
             self._streak += 1
             self._requeue_suspects()
             raise TransientStoreError(
                 f"{self._streak} records in a row refused as data: the database refuses "
                 f"everything, so the records wait (last error: {error})"
             )
-        self._streak += 1
-        self._rejected += 1
-        self._rejected_file(line, error)
-        self._suspects.append(_Suspect(line, in_buffer))
-        self._episode_rejected += 1
         obj = json.loads(line)
+        self._streak += 1
+        if obj.get("key") not in self._requeued_keys:
+            self._rejected += 1
+            self._rejected_file(line, error)
+            self._episode_rejected += 1
+        self._suspects.append(_Suspect(line, in_buffer))
         about_rejections = (
             obj.get("type") == ApiEvent.type
             and obj.get("data", {}).get("event") in REJECTION_EVENTS
@@ -424,10 +433,37 @@ class DurableWriter:
         self._suspects.clear()
         if records:
             self._episode_requeued += len(records)
+            self._requeued_keys.update(r.key for r in records)
             self._append(records)
+
+    async def _judge_refusals(self) -> None:
+        """On a probe after too many refusals in a row: environment, or bad data after all?"""
+        if self._streak <= self._max_rejections or self._refusals_are_data:
+            return
+        now = self._clock.now()
+        model = self._last_row or GreeksRow(timestamp=now, account="", api_mode=self._api_mode)
+        well_formed: list[Record] = [
+            attrs.evolve(model, key=new_key(), timestamp=now),
+            ApiEvent(
+                timestamp=now,
+                api_mode=self._api_mode,
+                event="probe",
+                message="does the table take a well-formed record? (rolled back)",
+            ),
+        ]
+        if not await self._store.accepts(well_formed):
+            raise TransientStoreError(
+                "the tables refuse well-formed records too: the records keep waiting"
+            )
+        # They do: the run was bad data. Reject it as such rather than block the buffer.
+        self._refusals_are_data = True
+        log.warning("the tables take well-formed records: the refused ones are bad data")
 
     def _accepted(self, records: Sequence[Record]) -> None:
         """Records were written: a run of refusals, if any, is over."""
+        for record in records:
+            if isinstance(record, GreeksRow):
+                self._last_row = record
         if records and not _about_rejections(records):
             self._end_rejection_episode()
 
@@ -452,6 +488,8 @@ class DurableWriter:
     def _end_rejection_episode(self) -> None:
         self._streak = 0
         self._suspects.clear()
+        self._requeued_keys.clear()
+        self._refusals_are_data = False
         if not self._episode_open:
             self._episode_rejected = self._episode_requeued = 0
             return
@@ -533,6 +571,7 @@ class DurableWriter:
             if probing:
                 # Someone may have dropped a table while we were down: recreate it.
                 await self._store.ensure_schema()
+                await self._judge_refusals()
             await drain_buffer(
                 self._buffer,
                 self._store,

@@ -197,6 +197,10 @@ def split_raw(lines: Iterable[Mapping[str, Any]]) -> tuple[list[GreeksTuple], li
     return greeks, events
 
 
+class _RollBack(Exception):
+    """Leaves a trial transaction (:meth:`Store.accepts`) without committing it."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(_TEMP_DDL)
 
@@ -271,6 +275,36 @@ class Store:
         if records:
             greeks, events = split_records(records)
             await self.write_tuples(greeks, events)
+
+    async def accepts(self, records: Sequence[Record]) -> bool:
+        """Would the tables take these records? Tried in a transaction that is rolled back.
+
+        False when PostgreSQL refuses them as data; a transient failure raises as usual.
+        """
+        greeks, events = split_records(records)
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            with contextlib.suppress(_RollBack):
+                async with conn.transaction():
+                    if greeks:
+                        await conn.copy_records_to_table(
+                            GREEKS_TABLE,
+                            records=[g[1:] for g in greeks],
+                            columns=GREEKS_COPY_COLUMNS[1:],
+                        )
+                    if events:
+                        await conn.copy_records_to_table(
+                            EVENTS_TABLE,
+                            records=[e[1:] for e in events],
+                            columns=EVENTS_COPY_COLUMNS[1:],
+                        )
+                    raise _RollBack
+
+        try:
+            await self._run(tx)
+        except PermanentStoreError:
+            return False
+        return True
 
     async def write_portfolio_snapshot(self, row: GreeksRow) -> None:
         await self.write([row])

@@ -260,3 +260,18 @@ async def test_real_read_only_transaction_is_transient(schema_ready: TestDatabas
 async def test_a_dsn_asyncpg_cannot_use_is_transient_not_bad_data(dsn: str) -> None:
     with pytest.raises(TransientStoreError):
         await write_with(dsn)
+
+
+async def test_accepts_tries_without_writing(schema_ready: TestDatabase) -> None:
+    db = schema_ready
+    s = await Store.open(db.dsn)
+    try:
+        assert await s.accepts([row(0)])
+        await admin(
+            db,
+            f'ALTER TABLE "{db.schema}".portfolio_greeks ADD CONSTRAINT no_rows CHECK (false)',
+        )
+        assert not await s.accepts([row(1)])
+    finally:
+        await s.close()
+    assert await db.fetch("SELECT 1 FROM portfolio_greeks") == []

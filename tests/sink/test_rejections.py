@@ -142,3 +142,31 @@ async def test_the_limit_counts_only_refusals_in_a_row(rig: Rig) -> None:
     assert rig.sink.breaker.state is BreakerState.CLOSED
     assert len(rejected_lines(rig)) == len(rows) // 2
     assert await rig.greeks_deltas() == [r.delta for r in rows if int(r.delta) % 2 == 0]
+
+
+async def test_a_burst_of_bad_data_longer_than_the_limit_does_not_block(rig: Rig) -> None:
+    events = listen(rig)
+    burst = [
+        ApiEvent(timestamp=T0, api_mode="SOCKET", event="error", message=f"nul\x00{i}")
+        for i in range(2 * MAX_CONSECUTIVE_REJECTIONS)
+    ]
+    await rig.sink.write([row(0)])
+    for e in burst:
+        await rig.sink.write([e])
+    await rig.sink.write([row(1)])
+    # The limit is passed: first the records wait, as for a table refusing everything ...
+    assert rig.sink.breaker.state is BreakerState.OPEN
+    await rig.clock.advance(60.0)
+    # ... then the probe finds the tables take a well-formed record: it was bad data.
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    await rig.sink.flush()
+    assert await rig.greeks_deltas() == [0.0, 1.0]
+    lines = rejected_lines(rig)
+    keys = [json.loads(str(line["record"]))["key"] for line in lines]
+    assert keys == [e.key for e in burst]  # each once, although some were queued again
+    assert rig.sink.stats.rejected == len(burst)
+    about = [e for e in events if e.event in REJECTION_EVENTS]
+    assert [e.event for e in about] == ["rejected", "rejections_ended"]
+    assert about[1].detail["rejected"] == len(burst)
+    probe = await rig.db.fetch("SELECT 1 FROM api_logs WHERE event = 'probe'")
+    assert probe == []  # the trial records were rolled back

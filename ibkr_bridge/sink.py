@@ -404,6 +404,7 @@ class DurableWriter:
             self._rejected_file(line, error)
             self._episode_rejected += 1
         self._suspects.append(_Suspect(line, in_buffer))
+        log.debug("refused as data (run of %d): %s: %s", self._streak, obj.get("key"), error)
         about_rejections = (
             obj.get("type") == ApiEvent.type
             and obj.get("data", {}).get("event") in REJECTION_EVENTS
@@ -497,7 +498,7 @@ class DurableWriter:
         self._episode_open = False
         self._episode_rejected = self._episode_requeued = 0
         path = self._rejected_file.path
-        again = f", {requeued} of them queued again and written" if requeued else ""
+        again = f", {requeued} of them queued again in the buffer" if requeued else ""
         self.log_event(
             "rejections_ended",
             f"PostgreSQL accepts records again; {rejected} record(s) were refused as data "

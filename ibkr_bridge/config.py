@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import time
 from pathlib import Path
 from typing import Any, Final, NewType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
@@ -508,6 +508,78 @@ def _dsn(value: Any) -> None:
         raise ValueError(f"{_show(shown)} is not a postgres:// or postgresql:// URL")
     if any(c.isspace() for c in value):
         raise ValueError(f"{_show(shown)} contains blanks")
+    # What asyncpg would refuse only when it first connects, long after startup: found
+    # here it is a ConfigError listed with every other problem, not an endless outage.
+    problems = _dsn_problems(value)
+    if problems:
+        raise ValueError(f"{_show(shown)}: {'; '.join(problems)}")
+
+
+_SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_TARGET_SESSION_ATTRS: Final = (
+    "any",
+    "primary",
+    "standby",
+    "prefer-standby",
+    "read-write",
+    "read-only",
+)
+_DSN_CHOICES: Final = {
+    "sslmode": _SSLMODES,
+    "target_session_attrs": _TARGET_SESSION_ATTRS,
+    "gsslib": ("gssapi", "sspi"),
+}
+_IPV6_HOSTSPEC = re.compile(r"\[[^\]]+\](?::(.*))?")
+
+
+def _dsn_port_problem(port: str, where: str) -> str | None:
+    if _INT.fullmatch(port) and 1 <= int(port) <= 65535:
+        return None
+    return f"port {port!r} {where}is not a number 1..65535"
+
+
+def _dsn_problems(value: str) -> list[str]:
+    """What a URL of the right scheme still gets wrong, parsed the way asyncpg parses it.
+
+    Messages never quote the userinfo: only ports, parameter names and their values.
+    """
+    parts = urlsplit(value)
+    netloc_end = value.find("://") + 3 + len(parts.netloc)
+    if value.rfind("@") >= netloc_end or parts.netloc.count("@") > 1:
+        # An unescaped "/", "?", "#" or "@" in the password moves the split points: what
+        # would be read as port, host or parameters is then partly the password. Say only
+        # that, quoting nothing.
+        return ["the user or password contains '/', '?', '#' or '@': percent-encode it"]
+    problems: list[str] = []
+    hostlist = parts.netloc.rpartition("@")[2]
+    if hostlist:
+        for hostspec in hostlist.split(","):
+            if hostspec.startswith("["):
+                match = _IPV6_HOSTSPEC.fullmatch(hostspec)
+                port = match.group(1) if match else None
+                if match is None:
+                    problems.append(f"{hostspec!r} is not a valid [IPv6]:port host")
+            else:
+                port = hostspec.partition(":")[2] if ":" in hostspec else None
+            if port:  # "host:" with an empty port means the default port
+                problem = _dsn_port_problem(port, "")
+                if problem:
+                    problems.append(problem)
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        return [*problems, "the query string is not name=value pairs joined by &"]
+    for name, values in query.items():
+        given = values[-1]  # asyncpg uses the last one
+        if name == "port":
+            for port in given.split(","):
+                problem = _dsn_port_problem(port, "(the port parameter) ")
+                if problem:
+                    problems.append(problem)
+        elif name in _DSN_CHOICES and given not in _DSN_CHOICES[name]:
+            allowed = ", ".join(_DSN_CHOICES[name])
+            problems.append(f"{name}={given!r} is not one of {allowed}")
+    return problems
 
 
 def _text(value: Any) -> None:

@@ -11,8 +11,10 @@ The hierarchy::
     │   ├── BufferFormatError        a buffer file of an unknown header version
     │   └── BufferPathError          the buffer path is a symlink, a directory, not permitted
     ├── StoreError                   a database write failed
-    │   ├── TransientStoreError      try again later: the breaker opens, rows are buffered
-    │   └── PermanentStoreError      this data can never be written: log it, skip it
+    │   ├── TransientStoreError      the environment (anything but bad data): the breaker
+    │   │                            opens, records wait in the buffer
+    │   └── PermanentStoreError      this record's own data is wrong (SQLSTATE 22/23):
+    │                                isolated into <buffer>.rejected
     ├── LifecycleError (RuntimeError)  a Bridge or writer used out of order        [bridge]
     └── GatewayError                 IBKR side: simulator or real gateway
         ├── AccountSelectionError (ValueError)  IB_ACCOUNT missing among several accounts
@@ -22,11 +24,25 @@ The hierarchy::
         (outside BridgeError on purpose: the pure state machines import nothing with IO,
         and this module imports asyncpg to classify its errors)
 
-Whether a database failure is *transient* (the server is down, restarting, overloaded,
-unreachable, slow, or the schema is temporarily gone) or *permanent* (this particular row
-is bad) is decided by :func:`classify_db_error` alone. Transient failures trip the circuit
-breaker and the rows wait in the buffer; permanent ones never trip it and never block the
-rows behind them.
+A database failure is judged by what it means, in one place, :func:`classify_db_error`:
+
+- *permanent* (``PermanentStoreError``: this record's own data is wrong) only for SQLSTATE
+  class 22 (data exception: a NUL byte, a number out of range, malformed JSON) and class
+  23 (integrity constraint: NOT NULL, CHECK, foreign key, unique), and for asyncpg's
+  client-side refusal to encode a value (its ``DataError``, ``OverflowError``). The record
+  is isolated into ``<buffer>.rejected`` and never blocks the rows behind it.
+- a unique violation on the idempotency key ``bridge_key`` is a *replay*, not bad data:
+  the row is already there (:func:`is_replay`; the store turns it into a no-op).
+- *transient* (``TransientStoreError``: the environment, the same write may succeed later)
+  for everything else: cannot connect, DNS, TLS, a DSN asyncpg cannot use, authentication
+  (28), database missing (3D000), table or column missing (42P01, 42703), insufficient
+  privilege (42501), read-only transaction after a failover (25006), disk full (53100),
+  shutdowns (57), deadlocks (40), and any exception nobody foresaw. The breaker opens and
+  the records wait in the buffer; guessing "environment" for an unknown failure costs a
+  wait, guessing "bad data" would cost the row.
+
+The sink adds one more rule on top (:mod:`ibkr_bridge.sink`): a run of consecutive
+permanent refusals longer than a handful is itself treated as an environment failure.
 """
 
 from __future__ import annotations
@@ -35,7 +51,6 @@ import enum
 from typing import Final
 
 import asyncpg
-from asyncpg import exceptions as pgexc
 
 
 class BridgeError(Exception):
@@ -75,55 +90,50 @@ class Failure(enum.Enum):
     PERMANENT = "permanent"
 
 
-# SQLSTATE classes that mean "the server, not the row": connection exceptions (08),
-# insufficient resources (53: too many connections, disk full), operator intervention (57:
-# admin/crash shutdown, cannot connect now, query cancelled by statement_timeout), system
-# errors (58), transaction rollback (40: serialization failure, deadlock), and invalid
-# authorization (28: a password being rotated is an outage, not bad data).
-_TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "53", "57", "58", "40", "28", "XX"})
+# The only SQLSTATE classes that speak about the record rather than the environment:
+# data exception (22) and integrity constraint violation (23).
+_DATA_SQLSTATE_CLASSES: Final = frozenset({"22", "23"})
+_UNIQUE_VIOLATION: Final = "23505"
+# The schema's unique indexes on the idempotency key are named <table>_bridge_key_uq.
+_IDEMPOTENCY_COLUMN: Final = "bridge_key"
 # A table or column vanishing mid-run (dropped by someone) is repaired by re-running the
 # schema bootstrap on the next retry; the rows wait in the buffer meanwhile.
 _SCHEMA_SQLSTATES: Final = frozenset({"42P01", "42703", "3F000", "42P10"})
 
-_TRANSIENT_TYPES: Final = (
-    OSError,  # ConnectionRefusedError, ConnectionResetError, socket errors
-    TimeoutError,  # asyncio.TimeoutError is TimeoutError from Python 3.11
-    pgexc.PostgresConnectionError,  # 08xxx incl. ConnectionDoesNotExistError
-    pgexc.CannotConnectNowError,
-    pgexc.AdminShutdownError,
-    pgexc.CrashShutdownError,
-    pgexc.TooManyConnectionsError,
-    pgexc.QueryCanceledError,
-    pgexc.ConnectionFailureError,
-    pgexc.InvalidPasswordError,
-    pgexc.InvalidAuthorizationSpecificationError,
-)
+# Raised by asyncpg while encoding a record's values, before anything is sent: the value
+# itself cannot be stored (an integer beyond int32, bytes that are not text).
+_CLIENT_DATA_TYPES: Final = (asyncpg.exceptions._base.DataError, OverflowError)
+
+
+def is_replay(exc: BaseException) -> bool:
+    """True for a unique violation on ``bridge_key``: this record is already stored."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return False
+    if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+        return False
+    constraint = getattr(exc, "constraint_name", None) or ""
+    detail = getattr(exc, "detail", None) or ""
+    return _IDEMPOTENCY_COLUMN in constraint or f"({_IDEMPOTENCY_COLUMN})=" in detail
 
 
 def classify_db_error(exc: BaseException) -> Failure:
-    """Transient (retry later, keep the rows) or permanent (this data is bad)."""
+    """Permanent only when the record's own data is wrong; anything else is transient."""
     if isinstance(exc, TransientStoreError):
         return Failure.TRANSIENT
     if isinstance(exc, PermanentStoreError):
         return Failure.PERMANENT
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return Failure.TRANSIENT
-    if isinstance(exc, asyncpg.InterfaceError):
-        # "connection is closed", "cannot perform operation: another operation is in
-        # progress" after a cut: the connection is gone, not the data. InterfaceErrors
-        # about arguments are raised before anything is sent and count as permanent.
-        text = str(exc).lower()
-        if "closed" in text or "connection" in text or "in progress" in text:
-            return Failure.TRANSIENT
-        return Failure.PERMANENT
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        if state in _SCHEMA_SQLSTATES or state[:2] in _TRANSIENT_SQLSTATE_CLASSES:
-            return Failure.TRANSIENT
-        return Failure.PERMANENT
-    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
+        if state[:2] in _DATA_SQLSTATE_CLASSES and not is_replay(exc):
+            return Failure.PERMANENT
+        # A replay reaching here is retried through the store's ON CONFLICT path, where it
+        # is a no-op: waiting is right, rejecting a row that is stored would be wrong.
         return Failure.TRANSIENT
-    return Failure.PERMANENT
+    if isinstance(exc, _CLIENT_DATA_TYPES):
+        return Failure.PERMANENT
+    # OSError (refused, reset, DNS), TimeoutError, asyncpg's InterfaceError and
+    # ClientConfigurationError (a DSN it cannot use), InternalClientError, anything else.
+    return Failure.TRANSIENT
 
 
 def is_transient(exc: BaseException) -> bool:

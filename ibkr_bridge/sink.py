@@ -23,6 +23,19 @@ permanent error) never trips the breaker and never blocks the rows behind it: it
 retried row by row, the refused rows are written to ``<buffer>.rejected`` (mode 0600) and
 reported in ``api_logs``.
 
+Rejections come in *episodes*, never in loops: the first refusal of a run emits one
+``rejected`` event, the next ones are only counted, and the first record accepted again
+ends the run with one ``rejections_ended`` event carrying the count. A refused event about
+rejections emits nothing at all. More than ``max_consecutive_rejections`` refusals in a
+row (:data:`MAX_CONSECUTIVE_REJECTIONS`) is no longer believed to be bad data: a table
+that refuses everything (a CHECK or trigger gone wrong) is the environment, so the breaker
+opens and the records wait. The rows of that run that were already rejected are queued
+again in the buffer, ahead of the rest, so they arrive too once the cause is removed (their
+lines stay in ``.rejected``; replaying them is a no-op). Each probe then first asks whether
+the tables take a well-formed record at all (:meth:`Store.accepts`, rolled back): if they
+do, the run really was bad data (a burst of garbage from the gateway), and it is rejected
+as such instead of blocking the buffer for ever.
+
 A record is *durable* once committed or fsync'd into the buffer; the future returned by
 :meth:`submit` resolves then.
 """
@@ -43,12 +56,37 @@ from .clock import Clock, SystemClock, cancel_and_wait
 from .drain import DrainProgress, RejectedFile, drain_buffer
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
 from .machines.breaker import BreakerState, CircuitBreaker
-from .records import ApiEvent, Record, Status, record_to_json
+from .records import (
+    ApiEvent,
+    GreeksRow,
+    Record,
+    RecordFormatError,
+    Status,
+    new_key,
+    record_from_json,
+    record_to_json,
+)
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 SPILL_AFTER: Final = 1.0
+# More refusals in a row than this and it is the database, not the data (see above).
+MAX_CONSECUTIVE_REJECTIONS: Final = 5
+# Events about rejections: when one of these is itself refused, nothing more is said.
+REJECTION_EVENTS: Final = frozenset({"rejected", "rejections_ended"})
+
+
+@attrs.define
+class _Suspect:
+    """A record rejected during the current run of refusals."""
+
+    line: str
+    in_buffer: bool  # still in the buffer behind the drain's cursor (it will be read again)
+
+
+def _about_rejections(records: Sequence[Record]) -> bool:
+    return all(isinstance(r, ApiEvent) and r.event in REJECTION_EVENTS for r in records)
 
 
 @attrs.frozen
@@ -76,6 +114,7 @@ class DurableWriter:
         retry_interval: float = 60.0,
         batch_size: int = 5000,
         spill_after: float = SPILL_AFTER,
+        max_consecutive_rejections: int = MAX_CONSECUTIVE_REJECTIONS,
     ) -> None:
         self._store = store
         self._buffer = buffer
@@ -97,6 +136,16 @@ class DurableWriter:
         self._full_episode = False
         self._written = self._buffered = self._drained = self._drained_base = 0
         self._rejected = self._refused_full = self._quarantined = 0
+        # The current run of refusals (see the module docstring).
+        self._max_rejections = max_consecutive_rejections
+        self._streak = 0
+        self._suspects: list[_Suspect] = []
+        self._episode_open = False
+        self._episode_rejected = self._episode_requeued = 0
+        self._batch_seen = (0, 0)  # (drained, rejected) of the drain at its last batch
+        self._requeued_keys: set[str] = set()  # already in .rejected: not written twice
+        self._refusals_are_data = False  # a probe found the tables take good records
+        self._last_row: GreeksRow | None = None  # a record the table took: the probe's model
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -255,6 +304,7 @@ class DurableWriter:
         exc = write.exception()
         if exc is None:
             self._written += len(batch)
+            self._accepted(batch)
             return
         if isinstance(exc, TransientStoreError):
             self._append(batch)
@@ -317,7 +367,13 @@ class DurableWriter:
             try:
                 await self._store.write([record])
             except PermanentStoreError as exc:
-                self._reject(record_to_json(record), str(exc))
+                try:
+                    self._reject(record_to_json(record), str(exc), in_buffer=False)
+                except TransientStoreError as too_many:
+                    # Too many refusals in a row: the rest waits, like in an outage.
+                    self._append(list(batch[i:]))
+                    self._trip(too_many)
+                    return
             except TransientStoreError as exc:
                 # The database went away meanwhile: the rest waits in the buffer, in order.
                 self._append(list(batch[i:]))
@@ -325,17 +381,130 @@ class DurableWriter:
                 return
             else:
                 self._written += 1
+                self._accepted([record])
 
-    def _reject(self, line: str, error: str) -> None:
-        self._rejected += 1
-        self._rejected_file(line, error)
-        key = json.loads(line).get("key")
+    def _reject(self, line: str, error: str, *, in_buffer: bool = True) -> None:
+        """Keep a refused record in ``.rejected``; raise once refusals are the environment.
+
+        Also the drain's ``reject`` callback (its lines stay in the buffer until the batch
+        commits, hence ``in_buffer``): the TransientStoreError raised here ends that drain
+        with the batch uncommitted, exactly like an outage.
+        """
+        if self._streak >= self._max_rejections and not self._refusals_are_data:
+            self._streak += 1
+            self._requeue_suspects()
+            raise TransientStoreError(
+                f"{self._streak} records in a row refused as data: the database refuses "
+                f"everything, so the records wait (last error: {error})"
+            )
+        obj = json.loads(line)
+        self._streak += 1
+        if obj.get("key") not in self._requeued_keys:
+            self._rejected += 1
+            self._rejected_file(line, error)
+            self._episode_rejected += 1
+        self._suspects.append(_Suspect(line, in_buffer))
+        log.debug("refused as data (run of %d): %s: %s", self._streak, obj.get("key"), error)
+        about_rejections = (
+            obj.get("type") == ApiEvent.type
+            and obj.get("data", {}).get("event") in REJECTION_EVENTS
+        )
+        if self._episode_open or about_rejections:
+            return  # counted; an event about a refused event about refusals would loop
+        self._episode_open = True
         path = self._rejected_file.path
         self.log_event(
             "rejected",
-            f"PostgreSQL refused a record as data; kept in {path.name}: {error}",
+            f"PostgreSQL refused a record as data; kept in {path.name}: {error} "
+            "(further refusals in a row are counted, not reported one by one)",
             status="error",
-            detail={"key": key, "error": error, "file": str(path)},
+            detail={"key": obj.get("key"), "error": error, "file": str(path)},
+        )
+
+    def _requeue_suspects(self) -> None:
+        """The run's rejected records were the environment's victims: let them wait too."""
+        records: list[Record] = []
+        for suspect in self._suspects:
+            if suspect.in_buffer:
+                continue  # the uncommitted drain batch still holds it
+            try:
+                records.append(record_from_json(suspect.line))
+            except (RecordFormatError, ValueError, TypeError):
+                continue  # unreadable as a record: it stays in .rejected only
+        self._suspects.clear()
+        if records:
+            self._episode_requeued += len(records)
+            self._requeued_keys.update(r.key for r in records)
+            self._append(records)
+
+    async def _judge_refusals(self) -> None:
+        """On a probe after too many refusals in a row: environment, or bad data after all?"""
+        if self._streak <= self._max_rejections or self._refusals_are_data:
+            return
+        now = self._clock.now()
+        model = self._last_row or GreeksRow(timestamp=now, account="", api_mode=self._api_mode)
+        well_formed: list[Record] = [
+            attrs.evolve(model, key=new_key(), timestamp=now),
+            ApiEvent(
+                timestamp=now,
+                api_mode=self._api_mode,
+                event="probe",
+                message="does the table take a well-formed record? (rolled back)",
+            ),
+        ]
+        if not await self._store.accepts(well_formed):
+            raise TransientStoreError(
+                "the tables refuse well-formed records too: the records keep waiting"
+            )
+        # They do: the run was bad data. Reject it as such rather than block the buffer.
+        self._refusals_are_data = True
+        log.warning("the tables take well-formed records: the refused ones are bad data")
+
+    def _accepted(self, records: Sequence[Record]) -> None:
+        """Records were written: a run of refusals, if any, is over."""
+        for record in records:
+            if isinstance(record, GreeksRow):
+                self._last_row = record
+        if records and not _about_rejections(records):
+            self._end_rejection_episode()
+
+    def _rejections_in_batch(self, progress: DrainProgress) -> None:
+        """After each committed drain batch: its lines left the buffer; did any succeed?"""
+        seen = (0, 0) if progress.batches == 1 else self._batch_seen
+        self._batch_seen = (progress.drained, progress.rejected)
+        rejected = progress.rejected - seen[1]
+        accepted = progress.drained - seen[0] - rejected
+        for suspect in self._suspects:
+            suspect.in_buffer = False
+        if not accepted:
+            return
+        if not rejected:
+            self._end_rejection_episode()
+            return
+        # Some lines went in, some were refused, order unknown: count the refusals as the
+        # current run (the cautious reading, sooner treated as the environment).
+        self._streak = rejected
+        del self._suspects[:-rejected]
+
+    def _end_rejection_episode(self) -> None:
+        self._streak = 0
+        self._suspects.clear()
+        self._requeued_keys.clear()
+        self._refusals_are_data = False
+        if not self._episode_open:
+            self._episode_rejected = self._episode_requeued = 0
+            return
+        rejected, requeued = self._episode_rejected, self._episode_requeued
+        self._episode_open = False
+        self._episode_rejected = self._episode_requeued = 0
+        path = self._rejected_file.path
+        again = f", {requeued} of them queued again in the buffer" if requeued else ""
+        self.log_event(
+            "rejections_ended",
+            f"PostgreSQL accepts records again; {rejected} record(s) were refused as data "
+            f"in a row and kept in {path.name}{again}",
+            status="warning",
+            detail={"rejected": rejected, "requeued": requeued, "file": str(path)},
         )
 
     # -- the breaker ------------------------------------------------------------------
@@ -365,6 +534,7 @@ class DurableWriter:
 
     def _drained_batch(self, progress: DrainProgress, quarantined: int) -> None:
         self._drained = self._drained_base + progress.drained - progress.rejected
+        self._rejections_in_batch(progress)
         if quarantined:
             self._quarantined += quarantined
             self.log_event(
@@ -402,6 +572,7 @@ class DurableWriter:
             if probing:
                 # Someone may have dropped a table while we were down: recreate it.
                 await self._store.ensure_schema()
+                await self._judge_refusals()
             await drain_buffer(
                 self._buffer,
                 self._store,

@@ -41,10 +41,17 @@ from .errors import (
     SchemaError,
     TransientStoreError,
     classify_db_error,
+    is_replay,
 )
 from .greeks import PORTFOLIO
 from .records import ApiEvent, GreeksRow, Record
-from .schema import EVENTS_TABLE, GREEKS_TABLE, UNDERLYING_TABLE, ensure_bridge_schema
+from .schema import (
+    EVENTS_TABLE,
+    GREEKS_TABLE,
+    UNDERLYING_TABLE,
+    check_bridge_schema,
+    ensure_bridge_schema,
+)
 
 T = TypeVar("T")
 
@@ -210,6 +217,10 @@ def split_raw(lines: Iterable[Mapping[str, Any]]) -> tuple[list[GreeksTuple], li
     return greeks, events
 
 
+class _RollBack(Exception):
+    """Leaves a trial transaction (:meth:`Store.accepts`) without committing it."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(_TEMP_DDL)
 
@@ -273,7 +284,7 @@ class Store:
             self._pool.terminate()
 
     async def ensure_schema(self) -> None:
-        await self._run(ensure_bridge_schema)
+        await self._run(_ensure_or_check)
 
     async def ping(self) -> None:
         """One round trip; raises a StoreError when the database cannot answer."""
@@ -284,6 +295,36 @@ class Store:
         if records:
             greeks, events = split_records(records)
             await self.write_tuples(greeks, events)
+
+    async def accepts(self, records: Sequence[Record]) -> bool:
+        """Would the tables take these records? Tried in a transaction that is rolled back.
+
+        False when PostgreSQL refuses them as data; a transient failure raises as usual.
+        """
+        greeks, events = split_records(records)
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            with contextlib.suppress(_RollBack):
+                async with conn.transaction():
+                    if greeks:
+                        await conn.copy_records_to_table(
+                            GREEKS_TABLE,
+                            records=[g[1:] for g in greeks],
+                            columns=GREEKS_COPY_COLUMNS[1:],
+                        )
+                    if events:
+                        await conn.copy_records_to_table(
+                            EVENTS_TABLE,
+                            records=[e[1:] for e in events],
+                            columns=EVENTS_COPY_COLUMNS[1:],
+                        )
+                    raise _RollBack
+
+        try:
+            await self._run(tx)
+        except PermanentStoreError:
+            return False
+        return True
 
     async def write_portfolio_snapshot(self, row: GreeksRow) -> None:
         await self.write([row])
@@ -315,8 +356,9 @@ class Store:
                                 columns=EVENTS_COPY_COLUMNS[1:],
                             )
                     return
-                except asyncpg.UniqueViolationError:
-                    pass
+                except asyncpg.UniqueViolationError as exc:
+                    if not is_replay(exc):
+                        raise  # another unique constraint: the record's own data
                 if greeks:
                     await conn.copy_records_to_table(
                         "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS
@@ -332,7 +374,8 @@ class Store:
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._closed:
-            raise PermanentStoreError("the store is closed")
+            # Not the data's fault: a record written after close waits in the buffer.
+            raise TransientStoreError("the store is closed")
         conn: asyncpg.Connection | None = None
         try:
             async with asyncio.timeout(self._acquire_timeout + self._command_timeout):
@@ -373,6 +416,21 @@ def _by_table(greeks: Sequence[GreeksTuple]) -> dict[str, list[GreeksTuple]]:
         table = GREEKS_TABLE if g[2] == PORTFOLIO else UNDERLYING_TABLE
         tables.setdefault(table, []).append(g[1:])
     return tables
+
+
+async def _ensure_or_check(conn: asyncpg.Connection) -> None:
+    """Create the tables if absent; a role that may only write needs them to be right.
+
+    The bootstrap's DDL needs the tables' owner (or CREATE on the schema). A role granted
+    only INSERT and SELECT, as least privilege suggests, would fail every probe and the
+    breaker would never close: when the tables are already there and in shape, that is
+    all the probe needs to know.
+    """
+    try:
+        await ensure_bridge_schema(conn)
+    except asyncpg.InsufficientPrivilegeError:
+        if await check_bridge_schema(conn):  # missing or misshapen: the DDL was needed
+            raise
 
 
 def _terminate(conn: asyncpg.Connection) -> None:

@@ -355,6 +355,23 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("DATABASE_URL", "db.example.com", "is not a postgres:// or postgresql:// URL"),
     ("DATABASE_URL", "postgresql://me@[::1/x", "'postgresql://me@[::1/x' is not a valid URL"),
     ("DATABASE_URL", "postgresql://me@db /x", "contains blanks"),
+    (
+        "DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:notaport/postgres",
+        "port 'notaport' is not a number 1..65535",
+    ),
+    ("DATABASE_URL", "postgresql://me@db:0/x", "port '0' is not a number 1..65535"),
+    ("DATABASE_URL", "postgresql://me@db:65536/x", "port '65536' is not a number"),
+    ("DATABASE_URL", "postgresql://me@a:5432,b:x5/x", "port 'x5' is not a number"),
+    ("DATABASE_URL", "postgresql://me@[::1]:v6/x", "port 'v6' is not a number"),
+    ("DATABASE_URL", "postgresql://me@db/x?port=54a", "port '54a' (the port parameter)"),
+    (
+        "DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=bogus",
+        "sslmode='bogus' is not one of disable, allow, prefer, require, verify-ca, verify-full",
+    ),
+    ("DATABASE_URL", "postgresql://me@db/x?target_session_attrs=rw", "target_session_attrs='rw'"),
+    ("DATABASE_URL", "postgresql://me@db/x?sslmode", "not name=value pairs"),
     *[("PGPORT", value, message) for value, message in BAD_PORT],
 ]
 
@@ -857,6 +874,44 @@ def test_bad_dsn_error_is_redacted(dsn: str) -> None:
     for text in (str(error), repr(error), *error.problems, *map(str, error.args)):
         assert SECRET not in text
     assert "***" in str(error)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres@127.0.0.1:notaport/postgres",
+        "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=bogus",
+        "mysql://postgres@127.0.0.1:5432/postgres",
+    ],
+)
+def test_unusable_dsn_is_listed_with_every_other_problem(dsn: str) -> None:
+    # Before: only the scheme was checked; the port and sslmode failed at the first
+    # connect, long after startup, and every record ended up in the rejected file.
+    problems = problems_of({"DATABASE_URL": dsn, "BRIDGE_POLL_INTERVAL": "fast"})
+    assert [p.split(":", 1)[0] for p in problems] == ["DATABASE_URL", "BRIDGE_POLL_INTERVAL"]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://bridge:{SECRET}@db:notaport/greeks",
+        f"postgresql://bridge:{SECRET}@db/greeks?sslmode=bogus",
+        f"postgresql://bridge:{SECRET}@db/greeks?password={SECRET}&sslmode=bogus",
+        # An unescaped "/", "?", "#" or "@" in the password moves the URL's split points:
+        # the "port" or "sslmode" would then be a piece of the password.
+        f"postgresql://bridge:ab/{SECRET}@db:5432/greeks",
+        f"postgresql://bridge:ab?sslmode={SECRET}@db:5432/greeks",
+        f"postgresql://bridge:ab#{SECRET}@db:5432/greeks",
+        f"postgresql://bridge:ab@{SECRET}@db:5432/greeks",
+    ],
+)
+def test_unusable_dsn_error_never_shows_the_password(dsn: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load({"DATABASE_URL": dsn})
+    error = caught.value
+    assert [p.split(":", 1)[0] for p in error.problems] == ["DATABASE_URL"], error.problems
+    for text in (str(error), repr(error), *error.problems):
+        assert SECRET not in text
 
 
 def test_bad_dsn_in_a_directly_built_record_is_redacted() -> None:

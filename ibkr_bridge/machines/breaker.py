@@ -19,8 +19,8 @@ Public API (every trigger also takes an optional aware ``wall`` for the log reco
     ``failure(now, *, wall=None, error=None) -> bool``  CLOSED->OPEN, HALF_OPEN->OPEN;
     sets ``opened_at = now`` and releases the probe.
 
-    ``retry_due(now, *, wall=None) -> bool``  OPEN->HALF_OPEN if ``now - opened_at >=
-    retry_interval``; otherwise returns False and changes nothing.
+    ``retry_due(now, *, wall=None) -> bool``  OPEN->HALF_OPEN if ``now >= next_retry_at``
+    (``opened_at + retry_interval``); otherwise returns False and changes nothing.
 
     ``try_acquire_probe(now, *, wall=None) -> bool``  True for exactly one caller in
     HALF_OPEN (recorded as trigger ``acquire_probe``); False while the probe is held and
@@ -193,7 +193,11 @@ class CircuitBreaker(StateMachine[BreakerState]):
 
     def _guard_retry_interval_elapsed(self, event: transitions.EventData) -> bool:
         now: float = event.kwargs["now"]
-        return self._opened_at is not None and now - self._opened_at >= self._retry_interval
+        # The same sum as next_retry_at, never ``now - opened_at >= interval``: in floating
+        # point (a + b) - a can be less than b, and a driver that slept until next_retry_at
+        # would then be refused for ever and spin (seen in the soak: 100 % CPU, no retries).
+        deadline = self.next_retry_at
+        return deadline is not None and now >= deadline
 
     def _guard_probe_free(self, event: transitions.EventData) -> bool:
         return not self._probe_held

@@ -329,7 +329,7 @@ class BreakerModelTest(RuleBasedStateMachine):
         assert (result is not None) == legal
         if legal:
             assert self.opened_at is not None
-            due = self.now - self.opened_at >= self.interval
+            due = self.now >= self.opened_at + self.interval  # the rule: next_retry_at
             assert result is due
             if due:
                 self.expected_state = HALF
@@ -408,7 +408,7 @@ class BreakerModelTest(RuleBasedStateMachine):
                 last_open = r.at
             if r.trigger == "retry_due":
                 assert last_open is not None
-                assert r.at - last_open >= self.interval
+                assert r.at >= last_open + self.interval
 
 
 BreakerModelTest.TestCase.settings = settings(
@@ -468,3 +468,29 @@ def test_machines_stay_pure(relpath: str) -> None:
                 f"{relpath} reads a clock at line {node.lineno}"
             )
     assert not imported & FORBIDDEN_IMPORTS
+
+
+@settings(max_examples=500)
+@given(
+    opened_at=st.floats(min_value=0, max_value=1e9, allow_nan=False),
+    interval=st.floats(min_value=0.1, max_value=3600, allow_nan=False),
+)
+def test_retry_is_due_at_exactly_the_time_next_retry_at_names(
+    opened_at: float, interval: float
+) -> None:
+    # A driver sleeps until next_retry_at and then asks; in floating point
+    # (a + b) - a < b happens (e.g. 3.3 + 0.3), and a refusal there made the drain spin.
+    b = CircuitBreaker(retry_interval=interval)
+    b.failure(opened_at)
+    deadline = b.next_retry_at
+    assert deadline is not None
+    assert b.retry_due(deadline)
+    assert b.state is BreakerState.HALF_OPEN
+
+
+def test_retry_due_where_the_subtraction_rounds_down() -> None:
+    opened_at, interval = 3.3, 0.3
+    assert (opened_at + interval) - opened_at < interval  # the case that spun
+    b = CircuitBreaker(retry_interval=interval)
+    b.failure(opened_at)
+    assert b.retry_due(opened_at + interval)

@@ -802,6 +802,16 @@ class Settings:
         _ByteSize,
         _int_range(1),
     )
+    memory_queue_size: int = _setting(
+        "BRIDGE_MEMORY_QUEUE_SIZE",
+        "integer 0..1000000",
+        "10000",
+        "Records held in memory while neither the database nor the buffer can take them "
+        "(disk full, I/O error, size cap); beyond that they are refused, logged in full; "
+        "0 turns the memory queue off",
+        int,
+        _int_range(0, 1_000_000),
+    )
     retry_interval: float = _setting(
         "BRIDGE_RETRY_INTERVAL",
         _SECONDS,

@@ -14,7 +14,7 @@ from ibkr_bridge.buffer import JsonlBuffer
 from ibkr_bridge.clock import FakeClock
 from ibkr_bridge.machines.breaker import BreakerState
 from ibkr_bridge.records import ApiEvent, GreeksRow
-from ibkr_bridge.sink import DurableWriter
+from ibkr_bridge.sink import MEMORY_QUEUE_SIZE, DurableWriter
 from ibkr_bridge.store import Store
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
@@ -57,7 +57,13 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(db: TestDatabase, tmp_path: Path) -> AsyncIterator[Rig]:
+def memory_queue_size() -> int:
+    """Overridden with ``@pytest.mark.parametrize("memory_queue_size", [n])``."""
+    return MEMORY_QUEUE_SIZE
+
+
+@pytest.fixture
+async def rig(db: TestDatabase, tmp_path: Path, memory_queue_size: int) -> AsyncIterator[Rig]:
     async with TcpProxy(*db.server_address()) as proxy:
         store = await Store.open(db.proxied_dsn(proxy), connect_timeout=0.5, command_timeout=1.0)
         await store.ensure_schema()
@@ -65,7 +71,13 @@ async def rig(db: TestDatabase, tmp_path: Path) -> AsyncIterator[Rig]:
         buffer.open()
         clock = FakeClock(start=T0)
         sink = DurableWriter(
-            store, buffer, api_mode="SOCKET", clock=clock, retry_interval=60.0, spill_after=0.3
+            store,
+            buffer,
+            api_mode="SOCKET",
+            clock=clock,
+            retry_interval=60.0,
+            spill_after=0.3,
+            memory_queue_size=memory_queue_size,
         )
         await sink.start()
         yield Rig(db, proxy, store, buffer, clock, sink)
@@ -197,6 +209,8 @@ async def test_rows_left_by_a_crash_are_drained_at_start(db: TestDatabase, tmp_p
     assert [r["delta"] for r in rows] == [float(i) for i in range(n + 1)]
 
 
+# Without the memory queue, what the buffer cannot take is refused at once.
+@pytest.mark.parametrize("memory_queue_size", [0])
 async def test_disk_full_refuses_loudly_and_keeps_what_is_buffered(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -111,6 +111,7 @@ class DurableWriter:
         self._running = False
         self._stopped = False
         self._full_episode = False
+        self._settling = False  # stopping: what waits in memory is written or refused
         self._memq = MemoryQueue(memory_queue_size)
         # True while the drain writes the memory queue's front: nothing may overtake it.
         self._memq_busy = False
@@ -144,6 +145,7 @@ class DurableWriter:
         # The drain stops first, so that what waits in memory stays put while it is settled.
         await self._routed()
         await cancel_and_wait([self._drain_task])
+        self._settling = True
         while self._memq:
             await self._release_memory()
             await self._routed()  # the events that settling emitted
@@ -398,7 +400,9 @@ class DurableWriter:
 
     def _end_refusal_episode(self) -> None:
         """Report a refusal episode once records fit again or the buffer drained empty."""
-        if self._full_episode:
+        # While stopping, "fitting again" only means the episode's own event reached the
+        # memory queue, to be refused once more: reporting it would loop.
+        if self._full_episode and not self._settling:
             self._full_episode = False
             self.log_event(
                 "buffer_full",

@@ -119,6 +119,10 @@ class DurableWriter:
         self._routing: list[asyncio.Future[None]] | None = None
         self._idle = asyncio.Event()
         self._buffer_error: str | None = None  # an append failed; cleared when one works
+        # While failing with records in memory, the buffer is tried again once per retry
+        # interval, not per batch: each try serializes the whole memory queue.
+        self._retry_interval = retry_interval
+        self._buffer_retry_at = 0.0
         self._buffer_episode_queued = 0  # memory_queued when the buffer episode began
         self._drain_error: str | None = None  # a drain failure episode is under way
         self._drain_failures = 0
@@ -322,7 +326,8 @@ class DurableWriter:
 
     def _append(self, batch: list[Record]) -> None:
         """Make a batch wait: in the buffer, else in memory, else refuse it (logged)."""
-        if not self._memq_busy:
+        retry_due = self._clock.monotonic() >= self._buffer_retry_at
+        if not self._memq_busy and (self._buffer_error is None or not self._memq or retry_due):
             # What waits in memory is older than this batch: it goes into the buffer first.
             held = self._memq.records()
             try:
@@ -350,6 +355,7 @@ class DurableWriter:
         """An append failed: the first failure of an episode is one event, the rest silent."""
         first = self._buffer_error is None
         self._buffer_error = str(exc)
+        self._buffer_retry_at = self._clock.monotonic() + self._retry_interval
         # Without a memory queue the refusal episode's event says it all.
         if first and self._memq.capacity:
             self._buffer_episode_queued = self._memq.queued_total

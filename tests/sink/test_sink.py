@@ -443,3 +443,26 @@ async def test_unsaved_cursor_replays_without_writing_twice(
     rows = await db.fetch("SELECT delta FROM portfolio_greeks ORDER BY id")
     assert [r["delta"] for r in rows] == [float(i) for i in range(6)]
     assert not path.exists()
+
+
+async def test_failing_buffer_is_retried_once_per_retry_interval(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.proxy.down()
+    await rig.sink.write([row(0)])
+    attempts: list[int] = []
+
+    def counting(records: list[GreeksRow]) -> None:
+        attempts.append(len(records))
+        enospc(records)
+
+    monkeypatch.setattr(rig.buffer, "append", counting)
+    for i in range(1, 6):
+        rig.sink.submit([row(i)])
+        await wait_until(lambda: not rig.sink._queue and rig.sink._idle.is_set())
+    assert len(attempts) == 1  # each try serializes the whole memory queue: not per batch
+    rig.proxy.down()
+    await rig.clock.advance(60.0)  # the breaker's retry fails too (still down)
+    rig.sink.submit([row(6)])
+    await wait_until(lambda: len(attempts) == 2)
+    assert attempts[1] >= 6  # what waited in memory, then the new row, in one append

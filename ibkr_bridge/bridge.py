@@ -295,6 +295,7 @@ class Bridge:
             clock=self._clock,
             retry_interval=s.retry_interval,
             batch_size=s.batch_size,
+            memory_queue_size=s.memory_queue_size,
         )
         for callback in self._event_callbacks:
             self._sink.add_listener(callback)

@@ -12,6 +12,11 @@ Files, all mode 0600 next to ``path`` (a missing parent directory is created 070
 ``path.cursor``
     ``{"file_id": ..., "offset": n}``: the byte offset just after the last line whose records
     the database has committed. Replaced atomically (temp file, fsync, rename, fsync dir).
+    Not written when the drain reaches the end (the files are deleted instead), and a
+    failure to write it (disk full, I/O error) does not stop the drain: the cursor
+    advances in memory and :attr:`JsonlBuffer.cursor_error` says why it is not saved.
+    A restart then replays from the last saved cursor; the records' idempotency keys
+    make that replay a no-op in the database, so nothing is written twice.
 ``path.quarantine``
     Lines that could not be read back (torn JSON, bad UTF-8, unknown schema), one JSON object
     per line: ``{"file_id", "offset", "kind", "error", "quarantined_at", "text" | "raw_b64"}``
@@ -75,6 +80,7 @@ Open-time findings (repairs, tightened permissions) are logged and kept in
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -512,6 +518,7 @@ class JsonlBuffer:
         self._needs_repair = False
         self._notices: list[str] = []
         self._checksummed = True  # the open data file's lines must carry checksums
+        self._cursor_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -648,12 +655,42 @@ class JsonlBuffer:
                 )
             if batch.end > self._size:
                 raise ValueError(f"batch ends at {batch.end}, beyond the data ({self._size})")
-            self._write_cursor(batch.end)
-            self._cursor = batch.end
-            if self._cursor == self._size:
+            if batch.end == self._size:
+                # Everything is committed: the files go, so there is no cursor to save
+                # (which needs room a full disk does not have); deleting frees the space.
+                self._cursor = batch.end
                 self._compact()
+                return
+            try:
+                self._write_cursor(batch.end)
+            except OSError as exc:
+                # The database holds the batch: going on from memory loses nothing, and
+                # a restart replays from the saved cursor, which the keys make a no-op.
+                self._cursor_failed(exc)
+            else:
+                if self._cursor_error is not None:
+                    log.warning("buffer cursor %s is saved again", self.cursor_path)
+                    self._cursor_error = None
+            self._cursor = batch.end
+
+    def _cursor_failed(self, exc: OSError) -> None:
+        if self._cursor_error is None:  # once per episode, not once per batch
+            log.error(
+                "cannot save the buffer cursor %s (%s): draining on from memory; a restart "
+                "would replay from the last saved position (a no-op in the database)",
+                self.cursor_path,
+                exc,
+            )
+        self._cursor_error = f"cannot save the cursor {self.cursor_path.name}: {exc}"
+        with contextlib.suppress(OSError):
+            self._tmp_cursor.unlink(missing_ok=True)  # give back what a partial write took
 
     # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def cursor_error(self) -> str | None:
+        """Why the last cursor save failed (the drain went on from memory), else None."""
+        return self._cursor_error
 
     @property
     def pending_bytes(self) -> int:
@@ -955,6 +992,7 @@ class JsonlBuffer:
             _sync_dir(self.path.parent)
         # A crash here leaves a cursor naming a file that no longer exists: harmless.
         self.cursor_path.unlink(missing_ok=True)
+        self._cursor_error = None  # no cursor is needed any more
         self._file_id = None
         self._size = self._cursor = self._header_end = 0
         self._quarantine.reset(None)

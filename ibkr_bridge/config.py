@@ -369,7 +369,7 @@ def _int_range(low: int, high: int | None = None) -> Check:
             raise ValueError(f"{_show(value)} is not an integer")
         if value < low or (high is not None and value > high):
             span = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ValueError(f"{value} is out of range ({span})")
+            raise ValueError(f"{_show(value)} is out of range ({span})")
 
     return check
 
@@ -638,6 +638,8 @@ class Bounds:
             # Types are the check's business; None is an optional setting left empty.
             if _is_number(item) and not (self.low <= item <= self.high):
                 shown = str(item) if isinstance(item, int) else f"{item:g}"
+                if len(shown) > SHOWN_CHARS:  # a 250-digit integer is a typo, not a value
+                    shown = f"{shown[: SHOWN_CHARS - 3]}... ({len(shown)} digits)"
                 raise ValueError(f"{shown} is out of range ({self.describe()})")
 
 
@@ -1103,6 +1105,17 @@ class Settings:
         _ByteSize,
         _integer,
         bounds=Bounds(4 << 10, 1 << 40, "bytes"),
+    )
+    memory_queue_size: int = _setting(
+        "BRIDGE_MEMORY_QUEUE_SIZE",
+        "integer 0..1000000",
+        "10000",
+        "Records held in memory while neither the database nor the buffer can take them "
+        "(disk full, I/O error, size cap); beyond that they are refused, logged in full; "
+        "0 turns the memory queue off",
+        int,
+        _int_range(0, 1_000_000),
+        bounds=Bounds(0, 1_000_000, "records"),
     )
     retry_interval: float = _setting(
         "BRIDGE_RETRY_INTERVAL",

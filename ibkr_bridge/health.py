@@ -222,10 +222,22 @@ class _BridgeCollector(Collector):
                 ("records_buffered", stats.buffered, "Records appended to the buffer"),
                 ("records_drained", stats.drained, "Buffered records copied to PostgreSQL"),
                 ("records_rejected", stats.rejected, "Records PostgreSQL refused as data"),
-                ("records_refused", stats.refused_full, "Records refused: the buffer was full"),
+                (
+                    "records_refused",
+                    stats.refused_full,
+                    "Records refused: neither the buffer nor the memory queue could hold them",
+                ),
+                (
+                    "records_memory_queued",
+                    stats.memory_queued,
+                    "Records that waited in memory: the buffer could not be appended to",
+                ),
                 ("buffer_quarantined_lines", stats.quarantined, "Unreadable buffer lines"),
             ):
                 yield _counter(name, documentation, value)
+            yield _gauge(
+                "memory_queue_depth", "Records waiting in memory now", stats.memory_queue_depth
+            )
         yield _gauge(
             "buffer_pending_bytes",
             "Bytes in the buffer not yet in PostgreSQL",
@@ -487,6 +499,14 @@ class HealthServer:
             reasons.append(
                 f"the buffer is {100 * status.buffer_pending_bytes / cap:.0f}% full "
                 f"({status.buffer_pending_bytes} of {cap} bytes): new rows will be refused"
+            )
+
+        stats = _sink_stats(self.bridge)
+        if stats is not None and stats.buffer_error is not None:
+            reasons.append(
+                f"the buffer is failing ({stats.buffer_error}): {stats.memory_queue_depth} "
+                f"records wait in memory (at most {stats.memory_queue_size}), more are "
+                "refused; rows still reach the database while it is reachable"
             )
 
         return HealthReport(

@@ -11,8 +11,17 @@ Routing, for each batch handed to :meth:`DurableWriter.submit` (in submission or
   not finished after ``spill_after`` seconds, the batch is also appended to the buffer
   (fsync'd), so a stalled database never holds un-persisted rows for long; should the slow
   write commit after all, draining the copy is a no-op thanks to the idempotency key.
-- anything else (breaker OPEN or HALF_OPEN, or rows already buffered): appended to the
+- anything else (breaker OPEN or HALF_OPEN, or rows already waiting): appended to the
   buffer behind what is there, so order is kept.
+- the buffer cannot be appended to (size cap, disk full, I/O error): the batch waits in the
+  bounded in-memory queue (:mod:`ibkr_bridge.memqueue`, ``memory_queue_size`` records),
+  behind what is buffered. The drain writes the buffer, then the memory queue, into
+  PostgreSQL as soon as it is reachable, so a failing buffer never keeps rows from a
+  healthy database; should the buffer accept appends first, the memory queue moves into
+  it. Only what does not fit in memory either is refused: counted, logged in full, one
+  event per episode. Records in memory are not durable: their futures resolve once they
+  are committed or buffered (at :meth:`stop` they go to the buffer, else the database,
+  else they are refused).
 
 A transient failure opens the breaker and the batch goes to the buffer. Every
 ``retry_interval`` the breaker lets exactly one probe through (HALF_OPEN): the drain,
@@ -56,6 +65,7 @@ from .clock import Clock, SystemClock, cancel_and_wait
 from .drain import DrainProgress, RejectedFile, drain_buffer
 from .errors import LifecycleError, PermanentStoreError, TransientStoreError
 from .machines.breaker import BreakerState, CircuitBreaker
+from .memqueue import Chunk, MemoryQueue
 from .records import (
     ApiEvent,
     GreeksRow,
@@ -89,6 +99,9 @@ def _about_rejections(records: Sequence[Record]) -> bool:
     return all(isinstance(r, ApiEvent) and r.event in REJECTION_EVENTS for r in records)
 
 
+MEMORY_QUEUE_SIZE: Final = 10_000
+
+
 @attrs.frozen
 class SinkStats:
     """Counters for health checks and metrics."""
@@ -97,8 +110,12 @@ class SinkStats:
     buffered: int
     drained: int
     rejected: int
-    refused_full: int
+    refused_full: int  # neither the buffer nor the memory queue could hold them
     quarantined: int
+    memory_queued: int = 0  # records that ever waited in the memory queue
+    memory_queue_depth: int = 0  # records waiting there now
+    memory_queue_size: int = MEMORY_QUEUE_SIZE
+    buffer_error: str | None = None  # why the buffer cannot be appended to or committed
 
 
 class DurableWriter:
@@ -115,6 +132,7 @@ class DurableWriter:
         batch_size: int = 5000,
         spill_after: float = SPILL_AFTER,
         max_consecutive_rejections: int = MAX_CONSECUTIVE_REJECTIONS,
+        memory_queue_size: int = MEMORY_QUEUE_SIZE,
     ) -> None:
         self._store = store
         self._buffer = buffer
@@ -134,6 +152,21 @@ class DurableWriter:
         self._running = False
         self._stopped = False
         self._full_episode = False
+        self._settling = False  # stopping: what waits in memory is written or refused
+        self._memq = MemoryQueue(memory_queue_size)
+        # True while the drain writes the memory queue's front: nothing may overtake it.
+        self._memq_busy = False
+        # The futures of the batch being routed; None once the memory queue took them.
+        self._routing: list[asyncio.Future[None]] | None = None
+        self._idle = asyncio.Event()
+        self._buffer_error: str | None = None  # an append failed; cleared when one works
+        # While failing with records in memory, the buffer is tried again once per retry
+        # interval, not per batch: each try serializes the whole memory queue.
+        self._retry_interval = retry_interval
+        self._buffer_retry_at = 0.0
+        self._buffer_episode_queued = 0  # memory_queued when the buffer episode began
+        self._drain_error: str | None = None  # a drain failure episode is under way
+        self._drain_failures = 0
         self._written = self._buffered = self._drained = self._drained_base = 0
         self._rejected = self._refused_full = self._quarantined = 0
         # The current run of refusals (see the module docstring).
@@ -153,10 +186,9 @@ class DurableWriter:
         if self._running or self._stopped:
             raise LifecycleError("a DurableWriter can be started once")
         self._running = True
-        self._tasks = [
-            asyncio.create_task(self._writer_loop(), name="ibkr-bridge-writer"),
-            asyncio.create_task(self._drain_loop(), name="ibkr-bridge-drain"),
-        ]
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="ibkr-bridge-writer")
+        self._drain_task = asyncio.create_task(self._drain_loop(), name="ibkr-bridge-drain")
+        self._tasks = [self._writer_task, self._drain_task]
         if not self._buffer.is_empty:
             self.log_event("buffer", "rows left in the buffer by an earlier run: draining")
 
@@ -165,6 +197,13 @@ class DurableWriter:
         if not self._running:
             self._stopped = True
             return
+        # The drain stops first, so that what waits in memory stays put while it is settled.
+        await self._routed()
+        await cancel_and_wait([self._drain_task])
+        self._settling = True
+        while self._memq:
+            await self._release_memory()
+            await self._routed()  # the events that settling emitted
         await self.flush()
         self._running = False
         self._stopped = True
@@ -192,6 +231,7 @@ class DurableWriter:
         self._queue.append((list(records), fut))
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
+        self._idle.clear()
         self._wake_writer.set()
         return fut
 
@@ -257,6 +297,10 @@ class DurableWriter:
             rejected=self._rejected,
             refused_full=self._refused_full,
             quarantined=self._quarantined,
+            memory_queued=self._memq.queued_total,
+            memory_queue_depth=len(self._memq),
+            memory_queue_size=self._memq.capacity,
+            buffer_error=self._buffer_error or self._buffer.cursor_error,
         )
 
     @property
@@ -267,6 +311,8 @@ class DurableWriter:
 
     async def _writer_loop(self) -> None:
         while True:
+            if not self._queue:
+                self._idle.set()
             await self._wake_writer.wait()
             self._wake_writer.clear()
             while self._queue:
@@ -276,6 +322,7 @@ class DurableWriter:
                     records, fut = self._queue.popleft()
                     batch.extend(records)
                     futures.append(fut)
+                self._routing = futures
                 try:
                     await self._route(batch)
                 except Exception as exc:  # never let one batch kill the loop
@@ -284,12 +331,18 @@ class DurableWriter:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_result(None)
+                if self._routing is not None:  # not left waiting in memory
+                    _resolve(futures)
+
+    async def _routed(self) -> None:
+        """Wait until every batch submitted so far has been routed."""
+        while self._queue or not self._idle.is_set():
+            self._idle.clear()
+            self._wake_writer.set()
+            await self._idle.wait()
 
     async def _route(self, batch: list[Record]) -> None:
-        if self.breaker.state is not BreakerState.CLOSED or not self._buffer.is_empty:
+        if self.breaker.state is not BreakerState.CLOSED or not self._buffer.is_empty or self._memq:
             self._append(batch)
             return
         write = asyncio.create_task(self._store.write(batch))
@@ -324,34 +377,90 @@ class DurableWriter:
             self._trip(exc)
 
     def _append(self, batch: list[Record]) -> None:
-        try:
-            self._buffer.append(batch)
-        except (JsonlBufferError, OSError) as exc:
-            # Documented policy: what is buffered is kept; records that cannot be buffered
-            # (size cap reached, disk full, I/O error) are refused, counted, and written in
-            # full to the service log, never silently dropped. The episode is reported at
-            # once; that event reaches the database or, if it cannot, the service log.
-            self._refused_full += len(batch)
-            for record in batch:
-                # This prefix is what docs/operations.md's recovery recipe looks for.
-                log.error("buffer full, refused: %s", record_to_json(record))
-            if not self._full_episode:
-                self._full_episode = True
-                self.log_event(
-                    "buffer_refusing",
-                    f"cannot buffer records ({exc}); refusing them until the buffer accepts "
-                    "writes again (each refused record is in the service log)",
-                    status="error",
-                    detail={"error": str(exc), "path": str(self._buffer.path)},
-                )
-            return
-        self._end_refusal_episode()
-        self._buffered += len(batch)
-        self._wake_drain.set()
+        """Make a batch wait: in the buffer, else in memory, else refuse it (logged)."""
+        retry_due = self._clock.monotonic() >= self._buffer_retry_at
+        if not self._memq_busy and (self._buffer_error is None or not self._memq or retry_due):
+            # What waits in memory is older than this batch: it goes into the buffer first.
+            held = self._memq.records()
+            try:
+                self._buffer.append([*held, *batch])
+            except (JsonlBufferError, OSError) as exc:
+                self._buffer_failed(exc)
+            else:
+                for chunk in self._memq.take_all():
+                    _resolve(chunk.futures)
+                self._buffered += len(held) + len(batch)
+                self._end_buffer_episode("the buffer accepts records again")
+                self._end_refusal_episode()
+                self._wake_drain.set()
+                return
+        left = self._memq.put(batch, self._routing or [])
+        if len(left) < len(batch):
+            self._routing = None  # their futures resolve once the records are durable
+            self._wake_drain.set()
+        if left:
+            self._refuse(left)
+        else:
+            self._end_refusal_episode()
+
+    def _buffer_failed(self, exc: BaseException) -> None:
+        """An append failed: the first failure of an episode is one event, the rest silent."""
+        first = self._buffer_error is None
+        self._buffer_error = str(exc)
+        self._buffer_retry_at = self._clock.monotonic() + self._retry_interval
+        # Without a memory queue the refusal episode's event says it all.
+        if first and self._memq.capacity:
+            self._buffer_episode_queued = self._memq.queued_total
+            self.log_event(
+                "buffer_failing",
+                f"cannot append to the buffer ({exc}); records wait in memory (at most "
+                f"{self._memq.capacity}) and go to the database as soon as it is reachable",
+                status="error",
+                detail={
+                    "error": str(exc),
+                    "path": str(self._buffer.path),
+                    "memory_queue_size": self._memq.capacity,
+                },
+            )
+
+    def _end_buffer_episode(self, how: str) -> None:
+        if self._buffer_error is not None:
+            self._buffer_error = None
+            if not self._memq.capacity:
+                return
+            waited = self._memq.queued_total - self._buffer_episode_queued
+            self.log_event(
+                "buffer_recovered",
+                f"{how}; {waited} records waited in memory meanwhile",
+                detail={"memory_queued": waited},
+            )
+
+    def _refuse(self, records: Sequence[Record], error: str | None = None) -> None:
+        # Documented policy: what is buffered is kept; records that neither the buffer nor
+        # the memory queue can hold are refused, counted, and written in full to the
+        # service log, never silently dropped. The episode is reported at once; that event
+        # reaches the database or, if it cannot, the service log.
+        self._refused_full += len(records)
+        for record in records:
+            # This prefix is what docs/operations.md's recovery recipe looks for.
+            log.error("buffer full, refused: %s", record_to_json(record))
+        if not self._full_episode:
+            self._full_episode = True
+            why = error or self._buffer_error or "the buffer is busy"
+            self.log_event(
+                "buffer_refusing",
+                f"cannot buffer records ({why}) and the memory queue is full "
+                f"({self._memq.capacity} records); refusing them until there is room again "
+                "(each refused record is in the service log)",
+                status="error",
+                detail={"error": why, "path": str(self._buffer.path)},
+            )
 
     def _end_refusal_episode(self) -> None:
         """Report a refusal episode once records fit again or the buffer drained empty."""
-        if self._full_episode:
+        # While stopping, "fitting again" only means the episode's own event reached the
+        # memory queue, to be refused once more: reporting it would loop.
+        if self._full_episode and not self._settling:
             self._full_episode = False
             self.log_event(
                 "buffer_full",
@@ -547,7 +656,7 @@ class DurableWriter:
     async def _drain_loop(self) -> None:
         while True:
             state = self.breaker.state
-            if state is BreakerState.CLOSED and self._buffer.is_empty:
+            if state is BreakerState.CLOSED and self._buffer.is_empty and not self._memq:
                 self._wake_drain.clear()
                 await self._wake_drain.wait()
                 continue
@@ -580,6 +689,8 @@ class DurableWriter:
                 reject=self._reject,
                 on_batch=self._drained_batch,
             )
+            # Behind the buffer: what could not be appended to it.
+            await self._drain_memory()
         except TransientStoreError as exc:
             if self.breaker.state is BreakerState.HALF_OPEN:
                 self.breaker.failure(self._clock.monotonic(), error=str(exc))
@@ -590,19 +701,116 @@ class DurableWriter:
         except Exception as exc:
             # e.g. SchemaError: a table exists in a shape we cannot write. Keep the rows,
             # say so, and try again at the next retry.
-            log.exception("drain failed")
+            self._drain_failed(exc)
             if self.breaker.state is BreakerState.HALF_OPEN:
                 self.breaker.failure(self._clock.monotonic(), error=str(exc))
                 self._publish_transitions()
             else:
                 self._trip(exc)
-            self.log_event("error", f"draining the buffer failed: {exc}", status="error")
             return
-        # Buffer empty: nothing awaits between the check above and this, so no new row
-        # can slip in ahead of the state change.
+        # Buffer and memory queue empty: nothing awaits between the checks that found them
+        # so and this, so no new row can slip in ahead of the state change.
         if self.breaker.state is BreakerState.HALF_OPEN:
             self.breaker.drained(self._clock.monotonic())
             self._publish_transitions()
+        self._end_drain_episode()
         # Live writes may go straight to the database from now on, so no append would
         # end a refusal episode: the empty buffer does.
         self._end_refusal_episode()
+        self._end_buffer_episode("every record that waited in memory is in the database")
+
+    def _drain_failed(self, exc: BaseException) -> None:
+        """One traceback and one event per episode of failing drains, however many retries."""
+        self._drain_failures += 1
+        if self._drain_error is not None:
+            log.debug("drain failed again (%d in a row): %s", self._drain_failures, exc)
+            return
+        self._drain_error = str(exc)
+        log.error("drain failed", exc_info=exc)
+        self.log_event(
+            "error",
+            f"draining the buffer failed: {exc} (retried every retry interval; reported "
+            "again only once it works)",
+            status="error",
+            detail={"error": str(exc)},
+        )
+
+    def _end_drain_episode(self) -> None:
+        if self._drain_error is not None:
+            failures, error = self._drain_failures, self._drain_error
+            self._drain_error, self._drain_failures = None, 0
+            self.log_event(
+                "drain_recovered",
+                f"the buffer drains again after {failures} failed attempts (first: {error})",
+                detail={"failures": failures, "error": error},
+            )
+
+    async def _drain_memory(self) -> None:
+        """Write the memory queue into PostgreSQL, oldest first; the buffer is empty."""
+        self._memq_busy = True  # new batches queue behind, not into the buffer ahead
+        try:
+            while (chunk := self._memq.peek()) is not None:
+                await self._write_chunk(chunk)
+                self._memq.pop(chunk)
+                _resolve(chunk.futures)
+        finally:
+            self._memq_busy = False
+
+    async def _write_chunk(self, chunk: Chunk) -> None:
+        """Write a chunk; a record refused as data is rejected, never blocking the rest.
+
+        A transient failure propagates with ``chunk.records`` cut to what is not written
+        yet, so a retry neither rejects a record twice nor skips one.
+        """
+        try:
+            await self._store.write(chunk.records)
+        except PermanentStoreError:
+            pass
+        else:
+            self._written += len(chunk.records)
+            chunk.records.clear()
+            return
+        while chunk.records:
+            record = chunk.records[0]
+            try:
+                await self._store.write([record])
+            except PermanentStoreError as exc:
+                self._reject(record_to_json(record), str(exc))
+            else:
+                self._written += 1
+            del chunk.records[0]
+
+    async def _release_memory(self) -> None:
+        """At stop: what waits in memory goes to the buffer, else to the database (after
+        what is buffered), else it is refused: logged in full, never dropped silently."""
+        chunks = self._memq.take_all()
+        records = [record for chunk in chunks for record in chunk.records]
+        futures = [fut for chunk in chunks for fut in chunk.futures]
+        try:
+            self._buffer.append(records)
+        except (JsonlBufferError, OSError) as exc:
+            error = str(exc)
+        else:
+            self._buffered += len(records)
+            _resolve(futures)
+            return
+        try:
+            await drain_buffer(
+                self._buffer,
+                self._store,
+                batch_size=self._batch_size,
+                reject=self._reject,
+                on_batch=self._drained_batch,
+            )
+            for chunk in chunks:
+                await self._write_chunk(chunk)
+        except Exception as exc:  # the last chance is gone: whatever the reason
+            log.warning("at stop, records waiting in memory could not be written: %s", exc)
+            self._refuse([record for chunk in chunks for record in chunk.records], error)
+        _resolve(futures)
+
+
+def _resolve(futures: Sequence[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(None)

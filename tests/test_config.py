@@ -321,6 +321,9 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("BRIDGE_BATCH_SIZE", "0", "0 is out of range (1..100000)"),
     ("BRIDGE_BATCH_SIZE", "-3", "-3 is out of range (1..100000)"),
     ("BRIDGE_BATCH_SIZE", "many", "'many' is not an integer"),
+    ("BRIDGE_MEMORY_QUEUE_SIZE", "-1", "-1 is out of range (0..1000000)"),
+    ("BRIDGE_MEMORY_QUEUE_SIZE", "1000001", "1000001 is out of range (0..1000000)"),
+    ("BRIDGE_MEMORY_QUEUE_SIZE", "lots", "'lots' is not an integer"),
     ("BRIDGE_RESET_WINDOW", "23:40", "'23:40' is not a window HH:MM-HH:MM"),
     ("BRIDGE_RESET_WINDOW", "23:40-23:50-23:59", "is not a window HH:MM-HH:MM"),
     ("BRIDGE_RESET_WINDOW", "23:40-24:00", "'24:00' is not a time of day"),
@@ -1044,3 +1047,13 @@ def test_main_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "stale:" in out
     assert "written:" in out
+
+
+def test_a_huge_integer_is_shown_cut() -> None:
+    # Found by the property above: 234 digits in BRIDGE_BATCH_SIZE were echoed whole.
+    with pytest.raises(ConfigError) as info:
+        load_settings({"BRIDGE_BATCH_SIZE": "1" * 234}, use_dotenv=False)
+    (problem,) = info.value.problems
+    assert "out of range" in problem
+    assert "(234 digits)" in problem
+    assert len(problem) <= 2 * SHOWN_CHARS + 120

@@ -292,10 +292,12 @@ DATABASE_CASES = [
     Case(
         "db-buffer-full",
         buffer_full,
-        env={"BRIDGE_BUFFER_MAX_BYTES": "4K"},
+        # A small memory queue: it fills too, then rows are refused.
+        env={"BRIDGE_BUFFER_MAX_BYTES": "4K", "BRIDGE_MEMORY_QUEUE_SIZE": "4"},
         allow_refusals=True,
         verify=refusals_reported,
-        note="refused rows are counted and logged in full; none buffered is deleted",
+        note="refused rows are counted and logged in full; none buffered or queued in memory is "
+        "deleted",
     ),
     Case(
         "db-buffer-file-unreadable",
@@ -525,6 +527,7 @@ BAD_VALUES: dict[str, str] = {
     "BRIDGE_POLL_INTERVAL": "inf",
     "BRIDGE_BUFFER_PATH": ".",
     "BRIDGE_BUFFER_MAX_BYTES": "1.5G",
+    "BRIDGE_MEMORY_QUEUE_SIZE": "-1",
     "BRIDGE_RETRY_INTERVAL": "5s",
     "BRIDGE_DB_CONNECT_TIMEOUT": "-Infinity",
     "BRIDGE_DB_COMMAND_TIMEOUT": "0",

@@ -421,6 +421,49 @@ async def test_database_outage_in_healthz_and_metrics(world: ScriptedWorld) -> N
     assert "database unreachable" in body["note"]
 
 
+async def test_failing_buffer_in_healthz_and_metrics(
+    world: ScriptedWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    w = world
+    breaker = w.bridge.sink.breaker
+    await w.live()
+    await w.ticks(1)
+    await w.bridge.sink.flush()
+
+    def enospc(records: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(w.bridge.sink.buffer, "append", enospc)
+    w.proxy.down()
+    await w.ticks(2)
+    await wait_until(lambda: w.bridge.sink.stats.memory_queue_depth > 0)
+    code, body = await w.healthz()
+    assert code == 503  # at once: rows are not durable anywhere
+    assert "the buffer is failing" in body["reason"]
+    assert "No space left on device" in body["reason"]
+    stats = w.bridge.sink.stats
+    m = await w.metrics()
+    assert one(m, "ibkr_bridge_memory_queue_depth") == stats.memory_queue_depth > 0
+    assert one(m, "ibkr_bridge_records_memory_queued_total") == stats.memory_queued > 0
+    assert one(m, "ibkr_bridge_records_refused_total") == stats.refused_full == 0
+
+    w.proxy.up()
+    deadline = breaker.next_retry_at
+    assert deadline is not None
+    await w.clock.advance(deadline - w.clock.monotonic())
+    await wait_until(lambda: breaker.state is BreakerState.CLOSED)
+    await w.bridge.sink.flush()
+    code, body = await w.healthz()
+    assert code == 200, body
+    m = await w.metrics()
+    assert one(m, "ibkr_bridge_memory_queue_depth") == 0
+    # A counter: it kept what waited in memory while the breaker waited for its retry.
+    assert one(m, "ibkr_bridge_records_memory_queued_total") >= stats.memory_queued
+    assert one(m, "ibkr_bridge_records_refused_total") == 0
+
+
 async def test_greeks_gauges_equal_the_last_row(world: ScriptedWorld) -> None:
     w = world
     await w.live()

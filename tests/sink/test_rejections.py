@@ -20,6 +20,7 @@ from . import test_sink
 from .test_sink import T0, Rig, row
 
 rig = test_sink.rig  # the same fixture: a sink on a real database behind a proxy
+memory_queue_size = test_sink.memory_queue_size  # the fixture rig depends on
 
 
 async def admin(r: Rig, *statements: str) -> None:

@@ -14,7 +14,7 @@ from ibkr_bridge.buffer import JsonlBuffer
 from ibkr_bridge.clock import FakeClock
 from ibkr_bridge.machines.breaker import BreakerState
 from ibkr_bridge.records import ApiEvent, GreeksRow
-from ibkr_bridge.sink import DurableWriter
+from ibkr_bridge.sink import MEMORY_QUEUE_SIZE, DurableWriter
 from ibkr_bridge.store import Store
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
@@ -57,7 +57,13 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(db: TestDatabase, tmp_path: Path) -> AsyncIterator[Rig]:
+def memory_queue_size() -> int:
+    """Overridden with ``@pytest.mark.parametrize("memory_queue_size", [n])``."""
+    return MEMORY_QUEUE_SIZE
+
+
+@pytest.fixture
+async def rig(db: TestDatabase, tmp_path: Path, memory_queue_size: int) -> AsyncIterator[Rig]:
     async with TcpProxy(*db.server_address()) as proxy:
         store = await Store.open(db.proxied_dsn(proxy), connect_timeout=0.5, command_timeout=1.0)
         await store.ensure_schema()
@@ -65,7 +71,13 @@ async def rig(db: TestDatabase, tmp_path: Path) -> AsyncIterator[Rig]:
         buffer.open()
         clock = FakeClock(start=T0)
         sink = DurableWriter(
-            store, buffer, api_mode="SOCKET", clock=clock, retry_interval=60.0, spill_after=0.3
+            store,
+            buffer,
+            api_mode="SOCKET",
+            clock=clock,
+            retry_interval=60.0,
+            spill_after=0.3,
+            memory_queue_size=memory_queue_size,
         )
         await sink.start()
         yield Rig(db, proxy, store, buffer, clock, sink)
@@ -197,6 +209,8 @@ async def test_rows_left_by_a_crash_are_drained_at_start(db: TestDatabase, tmp_p
     assert [r["delta"] for r in rows] == [float(i) for i in range(n + 1)]
 
 
+# Without the memory queue, what the buffer cannot take is refused at once.
+@pytest.mark.parametrize("memory_queue_size", [0])
 async def test_disk_full_refuses_loudly_and_keeps_what_is_buffered(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -228,3 +242,227 @@ async def test_disk_full_refuses_loudly_and_keeps_what_is_buffered(
     await rig.clock.advance(60.0)
     await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
     assert await rig.greeks_deltas() == [0.0, 3.0]  # what was buffered survives
+
+
+def enospc(records: object) -> None:
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_failing_buffer_never_blocks_a_healthy_database(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[ApiEvent] = []
+    rig.sink.add_listener(seen.append)
+    rig.proxy.down()
+    await rig.sink.write([row(0)])  # buffered
+    monkeypatch.setattr(rig.buffer, "append", enospc)
+    # Not durable yet: these wait in memory, behind the buffer, instead of being refused.
+    waiting = [rig.sink.submit([row(i)]) for i in (1, 2)]
+    await wait_until(lambda: rig.sink.stats.memory_queue_depth >= 2)
+    assert not any(f.done() for f in waiting)
+    assert rig.sink.stats.refused_full == 0
+    assert rig.sink.stats.buffer_error is not None
+    assert "No space left" in rig.sink.stats.buffer_error
+
+    rig.proxy.up()
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    for fut in waiting:
+        await fut
+    # The buffer still refuses appends, yet live rows go straight to the database.
+    await rig.sink.write([row(3)])
+    await rig.sink.write([row(4)])
+    assert await rig.greeks_deltas() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    stats = rig.sink.stats
+    assert stats.refused_full == 0
+    assert stats.memory_queue_depth == 0
+    assert stats.memory_queued >= 2
+    assert stats.buffer_error is None
+    events = [e.event for e in seen]
+    assert events.count("buffer_failing") == 1  # one episode, however many appends failed
+    assert events.count("buffer_recovered") == 1
+    await rig.sink.flush()
+    logged = await rig.db.fetch("SELECT event FROM api_logs WHERE event LIKE 'buffer_%'")
+    assert sorted(r["event"] for r in logged) == ["buffer_failing", "buffer_recovered"]
+
+
+async def test_live_rows_wait_in_memory_while_a_full_buffer_drains(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reproduction of issue 10: breaker CLOSED, the buffer still holding rows and
+    # refusing appends; the live rows used to be refused although PostgreSQL was healthy.
+    rig.proxy.down()
+    for i in range(3):
+        await rig.sink.write([row(i)])
+    monkeypatch.setattr(rig.buffer, "append", enospc)
+    rig.proxy.up()
+    await rig.clock.advance(60.0)
+    live = [rig.sink.submit([row(i)]) for i in range(3, 6)]
+    for fut in live:
+        await fut
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    assert await rig.greeks_deltas() == [float(i) for i in range(6)]
+    assert rig.sink.stats.refused_full == 0
+
+
+@pytest.mark.parametrize("memory_queue_size", [2])
+async def test_memory_queue_is_bounded_and_what_overflows_is_refused_loudly(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[ApiEvent] = []
+    rig.sink.add_listener(seen.append)
+    rig.proxy.down()
+    await rig.sink.write([row(0)])
+    await rig.sink.flush()  # the breaker's transition event is buffered too
+    monkeypatch.setattr(rig.buffer, "append", enospc)
+    submitted = [row(i) for i in range(1, 6)]
+    for record in submitted:
+        rig.sink.submit([record])
+    await wait_until(lambda: "buffer_refusing" in [e.event for e in seen])
+    await wait_until(lambda: not rig.sink._queue)
+    stats = rig.sink.stats
+    assert stats.memory_queue_depth == 2  # the bound
+    refused = [r.getMessage() for r in caplog.records if "buffer full, refused:" in r.getMessage()]
+    assert len(refused) == stats.refused_full >= 3  # rows, the episode's events
+    assert [e.event for e in seen].count("buffer_refusing") == 1
+    refused_keys = {json.loads(text.split("refused: ", 1)[1])["key"] for text in refused}
+
+    rig.proxy.up()
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    await rig.sink.write([row(6)])
+    rows = await rig.db.fetch("SELECT bridge_key, delta FROM portfolio_greeks ORDER BY id")
+    stored = {r["bridge_key"] for r in rows}
+    deltas = [r["delta"] for r in rows]
+    assert deltas == sorted(deltas)
+    assert deltas[0] == 0.0
+    assert deltas[-1] == 6.0
+    # Each row either reached the database or was refused (logged in full), never both.
+    assert all((r.key in stored) != (r.key in refused_keys) for r in submitted)
+    assert sum(r.key in stored for r in submitted) >= 1
+
+
+async def test_stop_settles_the_memory_queue(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig.proxy.down()
+    await rig.sink.write([row(0)])
+    monkeypatch.setattr(rig.buffer, "append", enospc)
+    waiting = rig.sink.submit([row(1)])
+    await wait_until(lambda: rig.sink.stats.memory_queue_depth > 0)
+    rig.proxy.up()  # back, but the breaker waits for its retry: stop is the last chance
+    await rig.sink.stop()
+    assert waiting.done()
+    assert rig.sink.stats.refused_full == 0
+    assert await rig.greeks_deltas() == [0.0, 1.0]  # the buffered row first
+
+
+async def test_stop_refuses_loudly_what_nothing_can_take(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.proxy.down()
+    monkeypatch.setattr(rig.buffer, "append", enospc)
+    waiting = rig.sink.submit([row(7)])
+    await wait_until(lambda: rig.sink.stats.memory_queue_depth > 0)
+    await rig.sink.stop()  # returns: nothing can be written, so it is logged in full
+    assert waiting.done()
+    refused = [r.getMessage() for r in caplog.records if "buffer full, refused:" in r.getMessage()]
+    assert any('"delta":7.0' in text for text in refused)
+    assert rig.sink.stats.refused_full == len(refused)
+
+
+async def test_a_failing_drain_is_one_event_and_one_traceback_per_episode(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[ApiEvent] = []
+    rig.sink.add_listener(seen.append)
+    rig.proxy.down()
+    await rig.sink.write([row(0)])
+    rig.proxy.up()
+    real = rig.store.ensure_schema
+
+    async def broken() -> None:
+        raise RuntimeError("the table has a shape we cannot write")
+
+    monkeypatch.setattr(rig.store, "ensure_schema", broken)
+    for _ in range(4):
+        await rig.clock.advance(60.0)
+        await wait_until(lambda: rig.sink.breaker.state is BreakerState.OPEN)
+        await wait_until(lambda: rig.clock.sleepers > 0)
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name == "ibkr_bridge.sink"]
+    assert len(tracebacks) == 1
+    failures = [e for e in seen if e.event == "error" and "draining" in e.message]
+    assert len(failures) == 1
+
+    monkeypatch.setattr(rig.store, "ensure_schema", real)
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    recovered = [e for e in seen if e.event == "drain_recovered"]
+    assert len(recovered) == 1
+    assert recovered[0].detail["failures"] == 4
+    assert await rig.greeks_deltas() == [0.0]
+
+
+async def test_unsaved_cursor_replays_without_writing_twice(
+    db: TestDatabase, tmp_path: Path
+) -> None:
+    from ibkr_bridge.drain import drain_buffer
+
+    path = tmp_path / "buffer.jsonl"
+    store = await Store.open(db.dsn)
+    await store.ensure_schema()
+    try:
+        buffer = JsonlBuffer(path)
+        buffer.open()
+        buffer.append([row(i) for i in range(6)])
+        # The cursor cannot be saved (as on a full disk): the drain goes on from memory.
+        (tmp_path / "buffer.jsonl.cursor.tmp").mkdir()
+
+        class Crash(Exception):
+            pass
+
+        def crash_after_two(progress: object, quarantined: int) -> None:
+            if buffer.pending_bytes and buffer.count_pending() <= 2:
+                raise Crash  # the process dies with two batches committed, none saved
+
+        with pytest.raises(Crash):
+            await drain_buffer(buffer, store, batch_size=2, on_batch=crash_after_two)
+        assert buffer.cursor_error is not None
+        assert not (tmp_path / "buffer.jsonl.cursor").exists()
+        buffer.close()
+        (tmp_path / "buffer.jsonl.cursor.tmp").rmdir()
+        # The restart replays from the last saved place; the keys make it a no-op.
+        buffer = JsonlBuffer(path)
+        buffer.open()
+        assert buffer.count_pending() == 6
+        await drain_buffer(buffer, store, batch_size=2)
+        assert buffer.is_empty
+        buffer.close()
+    finally:
+        await store.close()
+    rows = await db.fetch("SELECT delta FROM portfolio_greeks ORDER BY id")
+    assert [r["delta"] for r in rows] == [float(i) for i in range(6)]
+    assert not path.exists()
+
+
+async def test_failing_buffer_is_retried_once_per_retry_interval(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.proxy.down()
+    await rig.sink.write([row(0)])
+    attempts: list[int] = []
+
+    def counting(records: list[GreeksRow]) -> None:
+        attempts.append(len(records))
+        enospc(records)
+
+    monkeypatch.setattr(rig.buffer, "append", counting)
+    for i in range(1, 6):
+        rig.sink.submit([row(i)])
+        await wait_until(lambda: not rig.sink._queue and rig.sink._idle.is_set())
+    assert len(attempts) == 1  # each try serializes the whole memory queue: not per batch
+    rig.proxy.down()
+    await rig.clock.advance(60.0)  # the breaker's retry fails too (still down)
+    rig.sink.submit([row(6)])
+    await wait_until(lambda: len(attempts) == 2)
+    assert attempts[1] >= 6  # what waited in memory, then the new row, in one append

@@ -293,6 +293,9 @@ class _Session:
         # its own), never on ib_async's classes, so nobody else's IB objects change.
         conn = ib.client.conn
         self._deliver: Callable[[bytes], None] = ib.client._onSocketHasData
+        if self._deliver not in conn.hasData:
+            # Another ib_async layout: wrapping blindly would hand every byte over twice.
+            raise RuntimeError("ib_async's socket data handler is not where 2.1.0 has it")
         conn.hasData -= self._deliver
         conn.hasData += self.on_socket_data
         # ib_async's own handler answers IB 1102 with reqAccountSummary: a request this

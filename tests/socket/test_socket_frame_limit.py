@@ -3,19 +3,21 @@ instead of ib_async buffering towards the announced size (memory without bound).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ib_async import IB
-from test_socket_feed import connected, eventually, settle  # tests/socket is not a package
+from test_socket_feed import GUARD, connected, eventually, settle  # tests/socket is not a package
 
 from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.tws import TwsSimulator
-from ibkr_bridge.socket_feed import MAX_FRAME_BYTES, FrameLimit, SocketFeed
+from ibkr_bridge.socket_feed import MAX_FRAME_BYTES, FrameLimit, SocketFeed, _Session
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 4096
@@ -72,6 +74,36 @@ async def test_a_frame_over_the_limit_drops_the_connection_with_one_short_reason
         await feed.connect()  # the next connection is a fresh one, followed from its start
         await settle(feed)
         assert feed.connected
+
+
+class HugeHandshakeSimulator(TwsSimulator):
+    """Answers startApi with a 2 GiB frame announcement instead of the managed accounts."""
+
+    def _dispatch(self, conn: Any, fields: list[str]) -> None:
+        if fields[0] == "71":
+            self._write(conn, struct.pack(">I", 1 << 31) + b"\x7f" * 65_536)
+            return
+        super()._dispatch(conn, fields)
+
+
+async def test_a_huge_frame_while_connecting_fails_the_connect_at_once() -> None:
+    async with HugeHandshakeSimulator(
+        single_underlying_portfolio(), tick_interval=10_000_000.0
+    ) as sim:
+        # A connect timeout far beyond the test's guard: failing means the frame did it.
+        feed = SocketFeed(port=sim.port, client_id=10, connect_timeout=3600, max_frame_bytes=LIMIT)
+        with pytest.raises(ConnectionError, match=f"announced a frame of {1 << 31} bytes"):
+            await asyncio.wait_for(feed.connect(), GUARD)
+        assert not feed.connected
+
+
+def test_every_byte_the_socket_reads_goes_through_the_check_once() -> None:
+    feed = SocketFeed()
+    session = _Session(feed)
+    has_data = session.ib.client.conn.hasData
+    assert session.on_socket_data in has_data
+    assert session.ib.client._onSocketHasData not in has_data
+    assert len(has_data) == 1
 
 
 async def test_other_ib_objects_keep_ib_async_s_own_handling() -> None:

@@ -82,6 +82,48 @@ _DETAILS_IN_FLIGHT: Final = 4
 _DETAILS: Final = "contract_details"  # the pacer's endpoint name
 
 
+#: The largest frame the Gateway may announce. ib_async buffers a frame until all of its
+#: declared length has arrived (and copies the buffer on every read), so a hostile or broken
+#: Gateway announcing 2 GB would grow memory without bound; real IB messages are at most a
+#: few hundred KiB.
+MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+
+
+class FrameLimit:
+    """Follows the TWS API framing (4-byte big-endian length, then the body) of one
+    connection's incoming bytes without keeping them, to find a frame announced larger
+    than ``limit`` as soon as its length prefix arrives."""
+
+    __slots__ = ("_header", "_remaining", "limit")
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
+        self.limit = limit
+        self._header = b""  # a length prefix split across reads
+        self._remaining = 0  # body bytes of the current frame still to come
+
+    def oversized(self, data: bytes) -> int | None:
+        """Take the next bytes read; the declared length of a frame over the limit in them,
+        else None. After a non-None answer the stream is not followed any further."""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._remaining:
+                step = min(self._remaining, end - pos)
+                self._remaining -= step
+                pos += step
+                continue
+            need = 4 - len(self._header)
+            self._header += data[pos : pos + need]
+            pos += need
+            if len(self._header) < 4:
+                break
+            size = int.from_bytes(self._header, "big")
+            self._header = b""
+            if size > self.limit:
+                return size
+            self._remaining = size
+        return None
+
+
 class _Lookup:
     """One contract-details request the book needs: what to ask, and where the answer goes."""
 
@@ -238,12 +280,24 @@ class _Session:
         self.lock = asyncio.Lock()
         self.dirty = False
         self.worker: asyncio.Task[None] | None = None
+        self.frames = FrameLimit(feed.max_frame_bytes)
+        self.frame_refused = False
         self._attach()
 
     # -- events ---------------------------------------------------------------------------
 
     def _attach(self) -> None:
         ib = self.ib
+        # Every byte the socket reads passes the frame-size check before ib_async's own
+        # handler buffers it. Done on this session's IB instance only (each session has
+        # its own), never on ib_async's classes, so nobody else's IB objects change.
+        conn = ib.client.conn
+        self._deliver: Callable[[bytes], None] = ib.client._onSocketHasData
+        if self._deliver not in conn.hasData:
+            # Another ib_async layout: wrapping blindly would hand every byte over twice.
+            raise RuntimeError("ib_async's socket data handler is not where 2.1.0 has it")
+        conn.hasData -= self._deliver
+        conn.hasData += self.on_socket_data
         # ib_async's own handler answers IB 1102 with reqAccountSummary: a request this
         # bridge has no use for on a shared Gateway.
         ib.errorEvent -= ib._onError
@@ -265,6 +319,21 @@ class _Session:
     @property
     def listener(self) -> FeedListener:
         return self.feed.listener
+
+    def on_socket_data(self, data: bytes) -> None:
+        if self.frame_refused:
+            return  # the connection is being dropped: nothing more reaches ib_async
+        size = self.frames.oversized(data)
+        if size is None:
+            self._deliver(data)
+            return
+        self.frame_refused = True
+        # Only numbers are quoted, never the frame's bytes. lost() closes the socket and
+        # tells the listener (or fails a pending connect): the normal reconnect path.
+        limit = self.frames.limit
+        self.lost(
+            f"gateway announced a frame of {size} bytes, more than {limit}: connection dropped"
+        )
 
     def on_api_error(self, message: str) -> None:
         if self.closed:
@@ -650,7 +719,8 @@ class SocketFeed:
 
     ``account`` is IB_ACCOUNT (required when the login manages several accounts);
     ``market_data_type`` is IB's 1 live, 2 frozen, 3 delayed, 4 delayed-frozen;
-    ``connect_timeout`` bounds each step of the handshake and each request the feed waits on.
+    ``connect_timeout`` bounds each step of the handshake and each request the feed waits on;
+    a Gateway announcing a frame over ``max_frame_bytes`` is disconnected (:class:`FrameLimit`).
     """
 
     mode: str = MODE
@@ -666,6 +736,7 @@ class SocketFeed:
         connect_timeout: float = 10.0,
         clock: Clock | None = None,
         rule: GreeksRule | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         if client_id == 0:
             raise ValueError(
@@ -679,12 +750,15 @@ class SocketFeed:
             )
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be positive, got {connect_timeout!r}")
+        if max_frame_bytes <= 0:
+            raise ValueError(f"max_frame_bytes must be positive, got {max_frame_bytes!r}")
         self.host = host
         self.port = int(port)
         self.client_id = int(client_id)
         self.configured_account = account or None
         self.market_data_type = market_data_type
         self.connect_timeout = float(connect_timeout)
+        self.max_frame_bytes = int(max_frame_bytes)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.listener: FeedListener = _NullListener()
         # Contract details outlive a session: a conId's exchange does not change, and
@@ -923,4 +997,4 @@ class SocketFeed:
         )
 
 
-__all__ = ["MODE", "SocketFeed", "SocketSettings"]
+__all__ = ["MAX_FRAME_BYTES", "MODE", "FrameLimit", "SocketFeed", "SocketSettings"]

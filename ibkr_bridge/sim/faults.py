@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 SENTINEL_MODES: Final = ("minus2", "vega_theta", "dblmax", "nan", "missing")
 RESET_KINDS: Final = ("1101", "1102")
 FARM_CODES: Final = (2103, 2104, 2105, 2106, 2107, 2108, 2157, 2158)
+#: The ``huge_frame`` fault's defaults: a 2 GiB frame announced, streamed 1 MiB at a time.
+HUGE_FRAME_SIZE: Final = 1 << 31
+HUGE_FRAME_CHUNK: Final = 1 << 20
+#: The largest length the TWS API's 4-byte big-endian frame prefix can announce.
+MAX_DECLARED_FRAME: Final = (1 << 32) - 1
 
 
 class FaultScriptError(ValueError):
@@ -64,6 +69,7 @@ _SPEC: Final[ParamSpec] = {
     "refuse": {"seconds": (_NUM, False)},
     "freeze": {"seconds": (_NUM, False)},
     "garbage": {"nbytes": ((int,), False), "framed": ((bool,), False), "count": ((int,), False)},
+    "huge_frame": {"size": ((int,), False), "nbytes": ((int,), False), "chunk": ((int,), False)},
     "error_message": {"code": ((int,), True), "text": ((str,), True), "req_id": ((int,), False)},
     "sentinel_greeks": {"mode": ((str,), True), "seconds": (_NUM, False)},
     "withhold_greeks": {"conid": ((int,), True), "seconds": (_NUM, False)},
@@ -97,6 +103,10 @@ class FaultTarget(Protocol):
     async def freeze(self, seconds: float | None = None) -> None: ...
 
     async def garbage(self, nbytes: int = 64, framed: bool = True, count: int = 1) -> None: ...
+
+    async def huge_frame(
+        self, size: int = HUGE_FRAME_SIZE, nbytes: int | None = None, chunk: int = HUGE_FRAME_CHUNK
+    ) -> object: ...
 
     async def error_message(self, code: int, text: str, req_id: int = -1) -> None: ...
 
@@ -154,6 +164,10 @@ def _check_step(index: int, raw: Any) -> FaultStep:
             raise FaultScriptError(f"{where}: daily_reset kind must be 1101 or 1102")
     if name == "garbage" and (params.get("nbytes", 64) < 0 or params.get("count", 1) < 0):
         raise FaultScriptError(f"{where}: garbage nbytes and count must be >= 0")
+    if name == "huge_frame" and not 0 <= params.get("size", 0) <= MAX_DECLARED_FRAME:
+        raise FaultScriptError(f"{where}: huge_frame size must be 0..{MAX_DECLARED_FRAME}")
+    if name == "huge_frame" and (params.get("nbytes", 0) < 0 or params.get("chunk", 1) <= 0):
+        raise FaultScriptError(f"{where}: huge_frame nbytes must be >= 0 and chunk > 0")
     if name == "sentinel_greeks" and params["mode"] not in SENTINEL_MODES:
         raise FaultScriptError(f"{where}: sentinel mode must be one of {SENTINEL_MODES}")
     if name == "farm_notice" and params["code"] not in FARM_CODES:
@@ -204,6 +218,13 @@ async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
         case "garbage":
             await target.garbage(
                 int(p.get("nbytes", 64)), bool(p.get("framed", True)), int(p.get("count", 1))
+            )
+        case "huge_frame":
+            nbytes = p.get("nbytes")
+            await target.huge_frame(
+                int(p.get("size", HUGE_FRAME_SIZE)),
+                None if nbytes is None else int(nbytes),
+                int(p.get("chunk", HUGE_FRAME_CHUNK)),
             )
         case "error_message":
             await target.error_message(int(p["code"]), str(p["text"]), int(p.get("req_id", -1)))

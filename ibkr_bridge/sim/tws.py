@@ -32,6 +32,9 @@ from ibkr_bridge.clock import Clock, SystemClock
 from ibkr_bridge.sim import tws_codec as wire
 from ibkr_bridge.sim._tasks import BackgroundTasks
 from ibkr_bridge.sim.faults import (
+    HUGE_FRAME_CHUNK,
+    HUGE_FRAME_SIZE,
+    MAX_DECLARED_FRAME,
     RESET_KINDS,
     SENTINEL_MODES,
     FaultStep,
@@ -498,6 +501,42 @@ class TwsSimulator:
                 self._write(conn, wire.frame(junk) if framed else junk)
             if i % 64 == 63:
                 await self._drain()
+
+    async def huge_frame(
+        self, size: int = HUGE_FRAME_SIZE, nbytes: int | None = None, chunk: int = HUGE_FRAME_CHUNK
+    ) -> int:
+        """Announce one frame of ``size`` bytes to every session, then stream ``nbytes``
+        filler bytes of it (default: all of them), ``chunk`` at a time with the socket
+        drained in between: a hostile or broken Gateway a client must not buffer for.
+
+        Stops early once every such session is closed. Returns the most filler bytes any
+        session was sent.
+        """
+        if not 0 <= size <= MAX_DECLARED_FRAME:
+            raise ValueError(f"size must be 0..{MAX_DECLARED_FRAME}, got {size}")
+        total = size if nbytes is None else nbytes
+        if total < 0 or chunk <= 0:
+            raise ValueError(f"nbytes must be >= 0 and chunk > 0, got {nbytes}, {chunk}")
+        log.info("fault: huge frame (%d bytes announced, %d streamed)", size, total)
+        conns = [c for c in self._conns.values() if not c.closing]
+        header = struct.pack(">I", size)
+        for conn in conns:
+            self._write(conn, header)
+        filler = b"\x7f" * min(chunk, total)
+        sent = 0
+        while sent < total:
+            await self._wait_thawed()  # a frozen Gateway would only pile the filler up
+            live = [c for c in conns if not c.closing]
+            if not live:
+                break
+            piece = filler[: total - sent]
+            for conn in live:
+                self._write(conn, piece)
+            sent += len(piece)
+            for conn in live:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await conn.writer.drain()
+        return sent
 
     async def error_message(self, code: int, text: str, req_id: int = -1) -> None:
         """An IB error message ``code`` with ``text`` (any length, any content) to every

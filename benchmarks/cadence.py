@@ -55,9 +55,9 @@ from typing import Final
 
 import attrs
 
-from ibkr_bridge.bridge import Bridge, TickInfo
-from ibkr_bridge.clock import SystemClock
-from ibkr_bridge.config import load_settings
+from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.core.clock import SystemClock
+from ibkr_bridge.service.bridge import Bridge, TickInfo
 from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postgres
 
 # The name bridge.py gives its writer task: the only task whose sleep_until deadlines

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import asyncpg
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.drain import drain_buffer
-from ibkr_bridge.records import GreeksRow
-from ibkr_bridge.store import GREEKS_COPY_COLUMNS, Store, greeks_tuple
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.drain import drain_buffer
+from ibkr_bridge.storage.store import GREEKS_COPY_COLUMNS, Store, greeks_tuple
 from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postgres
 
 T0 = datetime(2026, 1, 2, 14, 30, tzinfo=UTC)

@@ -4,7 +4,7 @@
 
 Started by ``benchmarks/soak.py`` (which owns PostgreSQL, reads the results and may
 ``kill -9`` this process). The child runs the simulated day from ``start_offset`` to the
-end on its own :class:`~ibkr_bridge.clock.FakeClock`, applying the fault schedule of
+end on its own :class:`~ibkr_bridge.core.clock.FakeClock`, applying the fault schedule of
 :func:`schedule`, and journals what it did to ``journal-<child>.jsonl`` (one JSON object
 per line, written with ``os.write`` so that a ``kill -9`` loses nothing already written):
 every tick's rows and keys, every ``api_logs`` event seen through the Bridge's event
@@ -44,15 +44,15 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.bridge import TickInfo
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import Settings
-from ibkr_bridge.feed import FeedListener
-from ibkr_bridge.portal_feed import PortalFeed
-from ibkr_bridge.records import ApiEvent, GreeksRow
+from ibkr_bridge.config.settings import Settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.records import ApiEvent, GreeksRow
+from ibkr_bridge.feeds.portal.feed import PortalFeed
+from ibkr_bridge.feeds.protocol import FeedListener
+from ibkr_bridge.feeds.socket.feed import SocketFeed
+from ibkr_bridge.service.bridge import TickInfo
 from ibkr_bridge.sim import PortalSimulator, Portfolio, TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT, SPY_CONID
-from ibkr_bridge.socket_feed import SocketFeed
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
 NY: Final = ZoneInfo("America/New_York")

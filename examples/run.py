@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from ibkr_bridge import Bridge, GreeksRow, load_settings
-from ibkr_bridge.logs import configure_logging
+from ibkr_bridge.ops.logs import configure_logging
 from ibkr_bridge.sim import TwsSimulator, default_portfolio
 from ibkr_bridge.testing import find_postgres, stop_embedded_postgres
 

@@ -7,11 +7,9 @@ and the IBKR simulators in :mod:`ibkr_bridge.sim`.
 
 from __future__ import annotations
 
-from .bridge import Bridge, BridgeStatus, TickInfo
-from .buffer import BufferFullError, BufferLockedError, JsonlBuffer
-from .clock import Clock, FakeClock, SystemClock
-from .config import ApiMode, ConfigError, Settings, load_settings
-from .errors import (
+from ibkr_bridge.config.settings import ApiMode, ConfigError, Settings, load_settings
+from ibkr_bridge.core.clock import Clock, FakeClock, SystemClock
+from ibkr_bridge.core.errors import (
     AccountSelectionError,
     BridgeError,
     GatewayError,
@@ -21,11 +19,13 @@ from .errors import (
     StoreError,
     TransientStoreError,
 )
-from .machines import BreakerState, ConnectionState, IllegalTransition, Transition
-from .records import ApiEvent, GreeksRow
-from .schema import ensure_bridge_schema
-from .sink import DurableWriter
-from .store import Store
+from ibkr_bridge.core.machines import BreakerState, ConnectionState, IllegalTransition, Transition
+from ibkr_bridge.core.records import ApiEvent, GreeksRow
+from ibkr_bridge.service.bridge import Bridge, BridgeStatus, TickInfo
+from ibkr_bridge.storage.buffer import BufferFullError, BufferLockedError, JsonlBuffer
+from ibkr_bridge.storage.schema import ensure_bridge_schema
+from ibkr_bridge.storage.sink import DurableWriter
+from ibkr_bridge.storage.store import Store
 
 __version__ = "0.1.0.dev0"
 

@@ -1,4 +1,4 @@
-"""``python -m ibkr_bridge`` / ``ibkr-bridge``: the command line of :mod:`ibkr_bridge.cli`.
+"""``python -m ibkr_bridge`` / ``ibkr-bridge``: the command line of :mod:`ibkr_bridge.ops.cli`.
 
 Without a command it runs the service, exactly like ``ibkr-bridge run``.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import (
+from ibkr_bridge.ops.cli import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_LOCKED,

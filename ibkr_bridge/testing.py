@@ -32,12 +32,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import asyncpg
 import attrs
 
-from .clock import FakeClock, SystemClock
-from .feed import FeedListener
-from .records import GreeksRow
+from ibkr_bridge.core.clock import FakeClock, SystemClock
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.feeds.protocol import FeedListener
 
 if TYPE_CHECKING:
-    from .sim.portfolio import Portfolio
+    from ibkr_bridge.sim.portfolio import Portfolio
 
 __all__ = [
     "FakeClock",
@@ -310,7 +310,7 @@ def _one_portfolio_row(now: datetime, n: int) -> list[GreeksRow]:
 
 @attrs.define
 class ScriptedFeed:
-    """A :class:`~ibkr_bridge.feed.Feed` that does what the test says.
+    """A :class:`~ibkr_bridge.feeds.protocol.Feed` that does what the test says.
 
     ``connect()`` fails with ``ConnectionRefusedError`` for each message left in
     ``fail_next``, else succeeds; ``drop()`` reports a lost connection; ``ready=False``
@@ -371,7 +371,7 @@ def expected_net_greeks(
     shares (stock) and quantity x multiplier (futures) for delta; only legs of the
     underlying ``symbol`` when given. Uses nothing of the bridge's aggregation.
     """
-    from .sim.portfolio import black_scholes, years_between
+    from ibkr_bridge.sim.portfolio import black_scholes, years_between
 
     net = {"delta": 0.0, "gamma": 0.0, "vega": 0.0, "theta": 0.0}
     for pos in portfolio.positions(account):

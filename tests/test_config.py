@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from ibkr_bridge.config import (
+from ibkr_bridge.config.settings import (
     PROBLEM_CHARS,
     SHOWN_CHARS,
     ApiMode,
@@ -31,8 +31,8 @@ from ibkr_bridge.config import (
     render_env_example,
     setting_keys,
 )
-from ibkr_bridge.errors import BridgeError
-from ibkr_bridge.resetwindow import NORTH_AMERICA_WEEKLY, WatchdogPolicy, WeeklyWindow
+from ibkr_bridge.core.errors import BridgeError
+from ibkr_bridge.core.resetwindow import NORTH_AMERICA_WEEKLY, WatchdogPolicy, WeeklyWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2-Sekr3t"

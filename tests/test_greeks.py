@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from ibkr_bridge.greeks import (
+from ibkr_bridge.core.greeks import (
     PORTFOLIO,
     Leg,
     aggregate,
@@ -24,7 +24,7 @@ from ibkr_bridge.greeks import (
     parse_portal_number,
     row_key,
 )
-from ibkr_bridge.records import GreeksRow, record_from_json, record_to_json
+from ibkr_bridge.core.records import GreeksRow, record_from_json, record_to_json
 
 TS = datetime(2026, 3, 2, 14, 30, 5, tzinfo=UTC)
 DBL_MAX = sys.float_info.max

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ibkr_bridge.greeks import GreeksRule, Leg, LegGreeks, aggregate, judge_legs
+from ibkr_bridge.core.greeks import GreeksRule, Leg, LegGreeks, aggregate, judge_legs
 
 RULE = GreeksRule(stale_after=15.0, leg_grace=30.0)
 NOW = datetime(2026, 3, 10, 18, 0, tzinfo=UTC)

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ibkr_bridge.config import LogFormat
-from ibkr_bridge.logs import configure_logging, redact_secrets
+from ibkr_bridge.config.settings import LogFormat
+from ibkr_bridge.ops.logs import configure_logging, redact_secrets
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 
 from attrs import frozen
 
-from ibkr_bridge.clock import Clock
+from ibkr_bridge.core.clock import Clock
 
 log = logging.getLogger(__name__)
 

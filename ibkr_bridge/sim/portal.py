@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 from aiohttp import web
 from attrs import field, frozen
 
-from ibkr_bridge.clock import Clock, SystemClock
+from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.sim._tasks import BackgroundTasks
 from ibkr_bridge.sim.faults import (
     PORTFOLIO_FAULTS,

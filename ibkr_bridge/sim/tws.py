@@ -4,7 +4,7 @@ Unmodified TWS API clients (ib_async, IBKR's own ibapi) connect to :class:`TwsSi
 as to a Gateway: version handshake, ``startApi``, managed accounts, positions, account
 updates, contract details and streaming market data with model Greeks computed by the
 :class:`~ibkr_bridge.sim.portfolio.Portfolio`. Time comes from an injectable
-:class:`~ibkr_bridge.clock.Clock`, so tests drive streaming and faults with a FakeClock.
+:class:`~ibkr_bridge.core.clock.Clock`, so tests drive streaming and faults with a FakeClock.
 
 Faults that real Gateways show (restart, nightly reset with 1100/1101/1102, refused
 connections, a hung Gateway, garbage on the socket, IBKR's "not computed" Greek
@@ -28,7 +28,7 @@ from typing import Any, Final, Self
 
 from attrs import frozen
 
-from ibkr_bridge.clock import Clock, SystemClock
+from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.sim import tws_codec as wire
 from ibkr_bridge.sim._tasks import BackgroundTasks
 from ibkr_bridge.sim.faults import (

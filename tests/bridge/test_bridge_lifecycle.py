@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ibkr_bridge.bridge import Bridge
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import load_settings
-from ibkr_bridge.machines.connection import ConnectionState
+from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.machines.connection import ConnectionState
+from ibkr_bridge.service.bridge import Bridge
 from ibkr_bridge.testing import ScriptedFeed, TestDatabase, wait_until
 
 NY = ZoneInfo("America/New_York")
@@ -179,7 +179,7 @@ async def test_a_failed_start_leaves_nothing_open_and_stop_is_safe(
 ) -> None:
     import asyncio
 
-    from ibkr_bridge.buffer import JsonlBufferError
+    from ibkr_bridge.storage.buffer import JsonlBufferError
 
     (tmp_path / "buffer.jsonl").mkdir()  # the buffer path is a directory: cannot open
     before = asyncio.all_tasks()

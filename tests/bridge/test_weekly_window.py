@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ibkr_bridge.bridge import Bridge
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import load_settings
-from ibkr_bridge.machines.connection import ConnectionState
+from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.machines.connection import ConnectionState
+from ibkr_bridge.service.bridge import Bridge
 from ibkr_bridge.testing import ScriptedFeed, TestDatabase, wait_until
 
 NY = ZoneInfo("America/New_York")

@@ -21,8 +21,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ibkr_bridge.buffer import Batch, JsonlBuffer, RawBatch
-from ibkr_bridge.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.storage.buffer import Batch, JsonlBuffer, RawBatch
 
 EPOCH = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 

@@ -24,20 +24,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ibkr_bridge import buffer as buffer_module
-from ibkr_bridge.buffer import (
+from ibkr_bridge.core.records import (
+    ApiEvent,
+    GreeksRow,
+    Record,
+    record_from_dict,
+)
+from ibkr_bridge.storage import buffer as buffer_module
+from ibkr_bridge.storage.buffer import (
     Batch,
     BufferFormatError,
     BufferFullError,
     BufferLockedError,
     JsonlBuffer,
     RawBatch,
-)
-from ibkr_bridge.records import (
-    ApiEvent,
-    GreeksRow,
-    Record,
-    record_from_dict,
 )
 
 T0 = datetime(2024, 3, 8, 14, 30, tzinfo=UTC)
@@ -563,7 +563,7 @@ def test_lock_excludes_another_process(path: Path) -> None:
                 """
                 import sys
                 from pathlib import Path
-                from ibkr_bridge.buffer import JsonlBuffer
+                from ibkr_bridge.storage.buffer import JsonlBuffer
                 with JsonlBuffer(Path(sys.argv[1])):
                     print("locked", flush=True)
                     sys.stdin.readline()

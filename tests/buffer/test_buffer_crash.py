@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_bridge.records import GreeksRow, record_to_json
+from ibkr_bridge.core.records import GreeksRow, record_to_json
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 RUNS = 50

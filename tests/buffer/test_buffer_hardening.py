@@ -1,7 +1,7 @@
 """Buffer hardening: drained values validated as live, per-line checksums, no symlink
 followed, and a buffer path of the wrong shape exits with the configuration code.
 
-The drains go through :func:`ibkr_bridge.drain.drain_buffer` into a real PostgreSQL (the
+The drains go through :func:`ibkr_bridge.storage.drain.drain_buffer` into a real PostgreSQL (the
 test's private schema); the exit codes through ``python -m ibkr_bridge`` subprocesses.
 """
 
@@ -24,11 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ibkr_bridge import buffer as buffer_module
-from ibkr_bridge.buffer import BufferPathError, JsonlBuffer, format_line, inspect_buffer
-from ibkr_bridge.cli import EXIT_CONFIG
-from ibkr_bridge.drain import DrainProgress, RejectedFile, drain_buffer
-from ibkr_bridge.records import (
+from ibkr_bridge.core.records import (
     ApiEvent,
     GreeksRow,
     record_from_dict,
@@ -36,7 +32,11 @@ from ibkr_bridge.records import (
     record_to_dict,
     record_to_json,
 )
-from ibkr_bridge.store import Store
+from ibkr_bridge.ops.cli import EXIT_CONFIG
+from ibkr_bridge.storage import buffer as buffer_module
+from ibkr_bridge.storage.buffer import BufferPathError, JsonlBuffer, format_line, inspect_buffer
+from ibkr_bridge.storage.drain import DrainProgress, RejectedFile, drain_buffer
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]

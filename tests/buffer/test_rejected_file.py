@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge import drain
-from ibkr_bridge.drain import RejectedFile, RejectedFileChangedError
+from ibkr_bridge.storage import drain
+from ibkr_bridge.storage.drain import RejectedFile, RejectedFileChangedError
 
 
 def keys(path: Path) -> list[str]:

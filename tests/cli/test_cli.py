@@ -25,10 +25,10 @@ from typing import Any
 import attrs
 import pytest
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.records import ApiEvent, GreeksRow, Record
-from ibkr_bridge.schema import ensure_bridge_schema
+from ibkr_bridge.core.records import ApiEvent, GreeksRow, Record
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
+from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.schema import ensure_bridge_schema
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 The command runs as a real subprocess against the test's private schema on a real
 PostgreSQL. The ``.rejected`` entries are made the way the bridge makes them: a record the
 store really refused (a CHECK constraint an operator added stands in for "the cause"), kept
-with PostgreSQL's own error by :class:`~ibkr_bridge.drain.RejectedFile`. Fixing the cause
+with PostgreSQL's own error by :class:`~ibkr_bridge.storage.drain.RejectedFile`. Fixing the cause
 is dropping or loosening that constraint.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 import attrs
 import pytest
 
-from ibkr_bridge.drain import RejectedFile
-from ibkr_bridge.errors import PermanentStoreError
-from ibkr_bridge.records import ApiEvent, GreeksRow, Record, record_to_json
-from ibkr_bridge.replay import replay_rejected
-from ibkr_bridge.store import Store
+from ibkr_bridge.core.errors import PermanentStoreError
+from ibkr_bridge.core.records import ApiEvent, GreeksRow, Record, record_to_json
+from ibkr_bridge.storage.drain import RejectedFile
+from ibkr_bridge.storage.replay import replay_rejected
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]

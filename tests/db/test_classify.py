@@ -15,15 +15,10 @@ import attrs
 import pytest
 from asyncpg import exceptions as pgexc
 
-from ibkr_bridge.errors import (
-    Failure,
-    PermanentStoreError,
-    TransientStoreError,
-    classify_db_error,
-    is_replay,
-)
-from ibkr_bridge.records import ApiEvent
-from ibkr_bridge.store import Store
+from ibkr_bridge.core.errors import PermanentStoreError, TransientStoreError
+from ibkr_bridge.core.records import ApiEvent
+from ibkr_bridge.storage.dberrors import Failure, classify_db_error, is_replay
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase
 
 from .test_store import T0, row

@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from ibkr_bridge.errors import SchemaError
-from ibkr_bridge.records import ApiEvent, GreeksRow
-from ibkr_bridge.schema import (
+from ibkr_bridge.core.errors import SchemaError
+from ibkr_bridge.core.records import ApiEvent, GreeksRow
+from ibkr_bridge.storage.schema import (
     apply_bridge_schema,
     check_bridge_schema,
     ensure_bridge_schema,
     plan_bridge_schema,
 )
-from ibkr_bridge.store import Store
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase
 
 ALL_TABLES = {"portfolio_greeks", "underlying_greeks", "api_logs"}

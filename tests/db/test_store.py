@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.drain import drain_buffer
-from ibkr_bridge.errors import PermanentStoreError, TransientStoreError
-from ibkr_bridge.records import ApiEvent, GreeksRow, record_from_json, record_to_json
-from ibkr_bridge.store import Store, split_raw
+from ibkr_bridge.core.errors import PermanentStoreError, TransientStoreError
+from ibkr_bridge.core.records import ApiEvent, GreeksRow, record_from_json, record_to_json
+from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.drain import drain_buffer
+from ibkr_bridge.storage.store import Store, split_raw
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
 T0 = datetime(2026, 3, 8, 6, 59, 58, 123456, tzinfo=UTC)

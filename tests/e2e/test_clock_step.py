@@ -19,8 +19,8 @@ import attrs
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.clock import ROW_TIME_STEP, FakeClock
-from ibkr_bridge.records import GreeksRow
+from ibkr_bridge.core.clock import ROW_TIME_STEP, FakeClock
+from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import TestDatabase, wait_until
 

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.sim import TwsSimulator, default_portfolio
 from ibkr_bridge.testing import TestDatabase, expected_net_greeks, wait_until
 

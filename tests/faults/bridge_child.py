@@ -34,7 +34,7 @@ import sys
 from collections.abc import Sequence
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.testing import wait_until
 
 FINAL_ROWS = 3  # rows the final child must see acknowledged before it stops
@@ -60,7 +60,7 @@ class _FailedBatches(logging.Handler):
 async def serve(mode: str) -> None:
     pid = os.getpid()
     failed = _FailedBatches()
-    logging.getLogger("ibkr_bridge.sink").addHandler(failed)
+    logging.getLogger("ibkr_bridge.storage.sink").addHandler(failed)
     bridge = Bridge(load_settings(use_dotenv=False))
     acked = 0
     pending: set[asyncio.Task[None]] = set()

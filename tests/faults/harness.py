@@ -46,10 +46,10 @@ import attrs
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import Settings, load_settings
-from ibkr_bridge.portal_feed import PortalFeed
-from ibkr_bridge.records import ApiEvent, GreeksRow
+from ibkr_bridge.config.settings import Settings, load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.records import ApiEvent, GreeksRow
+from ibkr_bridge.feeds.portal.feed import PortalFeed
 from ibkr_bridge.sim import (
     PortalSimulator,
     Portfolio,
@@ -59,7 +59,7 @@ from ibkr_bridge.sim import (
     single_underlying_portfolio,
 )
 from ibkr_bridge.sim.portfolio import years_between
-from ibkr_bridge.store import GREEKS_COPY_COLUMNS
+from ibkr_bridge.storage.store import GREEKS_COPY_COLUMNS
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
 NY: Final = ZoneInfo("America/New_York")
@@ -142,7 +142,7 @@ class RefusalLog(logging.Handler):
 @contextlib.contextmanager
 def refusal_log() -> Iterator[RefusalLog]:
     handler = RefusalLog()
-    logger = logging.getLogger("ibkr_bridge.sink")
+    logger = logging.getLogger("ibkr_bridge.storage.sink")
     logger.addHandler(handler)
     try:
         yield handler

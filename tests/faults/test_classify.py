@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from ibkr_bridge.schema import ensure_bridge_schema
-from ibkr_bridge.sink import MAX_CONSECUTIVE_REJECTIONS, REJECTION_EVENTS
+from ibkr_bridge.storage.schema import ensure_bridge_schema
+from ibkr_bridge.storage.sink import MAX_CONSECUTIVE_REJECTIONS, REJECTION_EVENTS
 from ibkr_bridge.testing import TestDatabase
 
 from .harness import Case, World, assert_report, run_case

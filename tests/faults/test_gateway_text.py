@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from ibkr_bridge import ConnectionState
-from ibkr_bridge.logs import (
+from ibkr_bridge.feeds.portal.feed import MAX_BODY_BYTES
+from ibkr_bridge.ops.logs import (
     GATEWAY_LOG_BURST,
     GATEWAY_TEXT_LIMIT,
     RedactingFilter,
@@ -32,7 +33,6 @@ from ibkr_bridge.logs import (
     forget_secrets,
     remember_secret,
 )
-from ibkr_bridge.portal_feed import MAX_BODY_BYTES
 from ibkr_bridge.sim.portal import SNAPSHOT
 from ibkr_bridge.testing import TestDatabase
 

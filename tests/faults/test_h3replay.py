@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_bridge.drain import RejectedFile
+from ibkr_bridge.storage.drain import RejectedFile
 from ibkr_bridge.testing import TestDatabase
 
 from .harness import POLL, Case, World, assert_report, run_case

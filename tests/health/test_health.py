@@ -17,12 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import ibkr_bridge
-from ibkr_bridge.bridge import Bridge
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import load_settings
-from ibkr_bridge.health import HealthServer
-from ibkr_bridge.machines import BreakerState, ConnectionState
-from ibkr_bridge.records import GreeksRow
+from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.machines import BreakerState, ConnectionState
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.ops.health import HealthServer
+from ibkr_bridge.service.bridge import Bridge
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import ScriptedFeed, TcpProxy, TestDatabase, wait_until
 

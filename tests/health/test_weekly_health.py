@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.machines.connection import ConnectionState
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.machines.connection import ConnectionState
 from ibkr_bridge.testing import TestDatabase, wait_until
 
 from .test_health import NY, make_world, scripted

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 )
 
 import ibkr_bridge
-from ibkr_bridge.machines import (
+from ibkr_bridge.core.machines import (
     BreakerState,
     CircuitBreaker,
     IllegalTransition,
@@ -30,7 +30,7 @@ from ibkr_bridge.machines import (
     Rule,
     Transition,
 )
-from ibkr_bridge.machines.breaker import TRANSITIONS
+from ibkr_bridge.core.machines.breaker import TRANSITIONS
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 WALL = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)

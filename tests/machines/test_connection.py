@@ -12,13 +12,13 @@ from freezegun import freeze_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ibkr_bridge.machines import (
+from ibkr_bridge.core.machines import (
     ConnectionMachine,
     ConnectionState,
     IllegalTransition,
     WatchdogPolicy,
 )
-from ibkr_bridge.machines.connection import TRANSITIONS
+from ibkr_bridge.core.machines.connection import TRANSITIONS
 
 S = ConnectionState
 NY = ZoneInfo("America/New_York")

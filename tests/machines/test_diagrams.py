@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_bridge.diagrams import (
+from ibkr_bridge.core.diagrams import (
     DOC_PATH,
     main,
     mermaid_diagram,
     render_state_machines_doc,
     transition_table,
 )
-from ibkr_bridge.machines import SPECS, CircuitBreaker, ConnectionMachine, MachineSpec
+from ibkr_bridge.core.machines import SPECS, CircuitBreaker, ConnectionMachine, MachineSpec
 
 EDGE = re.compile(r"^\s*(\S+) --> (\S+): (.*)$")
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ibkr_bridge.resetwindow import (
+from ibkr_bridge.core.resetwindow import (
     MAX_WEEKLY_HOURS,
     NORTH_AMERICA_WEEKLY,
     WatchdogPolicy,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ibkr_bridge.clock import ROW_TIME_STEP, RowTimes
+from ibkr_bridge.core.clock import ROW_TIME_STEP, RowTimes
 
 T0 = datetime(2026, 3, 10, 18, 0, tzinfo=UTC)
 

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ibkr_bridge.portal_feed import PortalFeed
-from ibkr_bridge.records import Status
+from ibkr_bridge.core.records import Status
+from ibkr_bridge.feeds.portal.feed import PortalFeed
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
 from ibkr_bridge.sim.portal import SNAPSHOT
 

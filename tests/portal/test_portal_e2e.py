@@ -19,8 +19,8 @@ import attrs
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.portal_feed import PortalFeed
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.feeds.portal.feed import PortalFeed
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until

@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import load_settings
-from ibkr_bridge.errors import AccountSelectionError, GatewayError
-from ibkr_bridge.portal_feed import NeedsLoginError, PortalFeed, api_root
-from ibkr_bridge.ratelimit import PORTAL_LIMITS, Limit, RateLimiter
-from ibkr_bridge.records import GreeksRow, Status
+from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.errors import AccountSelectionError, GatewayError
+from ibkr_bridge.core.records import GreeksRow, Status
+from ibkr_bridge.feeds.portal.feed import NeedsLoginError, PortalFeed, api_root
+from ibkr_bridge.feeds.ratelimit import PORTAL_LIMITS, Limit, RateLimiter
 from ibkr_bridge.sim.portal import (
     AUTH_STATUS,
     PORTFOLIO_ACCOUNTS,

@@ -20,8 +20,9 @@ import pytest
 from aiohttp import web
 
 from ibkr_bridge import ConnectionState
-from ibkr_bridge.errors import GatewayError
-from ibkr_bridge.logs import (
+from ibkr_bridge.core.errors import GatewayError
+from ibkr_bridge.feeds.portal.feed import MAX_BODY_BYTES, PortalFeed
+from ibkr_bridge.ops.logs import (
     GATEWAY_TEXT_LIMIT,
     RedactingFilter,
     TextFormatter,
@@ -30,7 +31,6 @@ from ibkr_bridge.logs import (
     redact_secrets,
     remember_secret,
 )
-from ibkr_bridge.portal_feed import MAX_BODY_BYTES, PortalFeed
 from ibkr_bridge.sim.faults import FaultScriptError
 from ibkr_bridge.sim.portal import POSITIONS, SNAPSHOT, parse_portal_fault_script
 from ibkr_bridge.testing import wait_until

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.health import HealthServer
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.ops.health import HealthServer
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 

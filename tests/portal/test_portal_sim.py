@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.sim.faults import FaultScriptError
 from ibkr_bridge.sim.portal import (
     PAGE_SIZE,

@@ -17,8 +17,8 @@ from datetime import timedelta
 import pytest
 
 from ibkr_bridge import ConnectionState
-from ibkr_bridge.errors import GatewayError
-from ibkr_bridge.greeks import Leg, aggregate
+from ibkr_bridge.core.errors import GatewayError
+from ibkr_bridge.core.greeks import Leg, aggregate
 from ibkr_bridge.sim.portal import SSODH_INIT
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
 from ibkr_bridge.testing import wait_until

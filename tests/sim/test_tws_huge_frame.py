@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.sim.faults import (
     HUGE_FRAME_SIZE,
     MAX_DECLARED_FRAME,

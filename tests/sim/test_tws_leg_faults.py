@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ib_async import IB, Contract
 
-from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.sim.faults import FaultScriptError, parse_fault_script
 from ibkr_bridge.sim.portfolio import default_portfolio
 from ibkr_bridge.sim.tws import TwsSimulator

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from ib_async import IB, Option, Stock
 
-from ibkr_bridge.clock import FakeClock
+from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.sim.__main__ import main as sim_main
 from ibkr_bridge.sim.faults import FaultScriptError, load_fault_script, parse_fault_script
 from ibkr_bridge.sim.portfolio import (

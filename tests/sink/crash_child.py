@@ -14,10 +14,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.records import GreeksRow
-from ibkr_bridge.sink import DurableWriter
-from ibkr_bridge.store import Store
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.sink import DurableWriter
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import wait_until
 
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ibkr_bridge.memqueue import MemoryQueue
-from ibkr_bridge.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.storage.memqueue import MemoryQueue
 
 T0 = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import asyncpg
 
-from ibkr_bridge.machines.breaker import BreakerState
-from ibkr_bridge.records import ApiEvent
-from ibkr_bridge.sink import MAX_CONSECUTIVE_REJECTIONS, REJECTION_EVENTS
+from ibkr_bridge.core.machines.breaker import BreakerState
+from ibkr_bridge.core.records import ApiEvent
+from ibkr_bridge.storage.sink import MAX_CONSECUTIVE_REJECTIONS, REJECTION_EVENTS
 from ibkr_bridge.testing import wait_until
 
 from . import test_sink

@@ -10,12 +10,12 @@ from pathlib import Path
 import attrs
 import pytest
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.machines.breaker import BreakerState
-from ibkr_bridge.records import ApiEvent, GreeksRow
-from ibkr_bridge.sink import MEMORY_QUEUE_SIZE, DurableWriter
-from ibkr_bridge.store import Store
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.machines.breaker import BreakerState
+from ibkr_bridge.core.records import ApiEvent, GreeksRow
+from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.sink import MEMORY_QUEUE_SIZE, DurableWriter
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
 T0 = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)
@@ -389,7 +389,7 @@ async def test_a_failing_drain_is_one_event_and_one_traceback_per_episode(
         await rig.clock.advance(60.0)
         await wait_until(lambda: rig.sink.breaker.state is BreakerState.OPEN)
         await wait_until(lambda: rig.clock.sleepers > 0)
-    tracebacks = [r for r in caplog.records if r.exc_info and r.name == "ibkr_bridge.sink"]
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name == "ibkr_bridge.storage.sink"]
     assert len(tracebacks) == 1
     failures = [e for e in seen if e.event == "error" and "draining" in e.message]
     assert len(failures) == 1
@@ -406,7 +406,7 @@ async def test_a_failing_drain_is_one_event_and_one_traceback_per_episode(
 async def test_unsaved_cursor_replays_without_writing_twice(
     db: TestDatabase, tmp_path: Path
 ) -> None:
-    from ibkr_bridge.drain import drain_buffer
+    from ibkr_bridge.storage.drain import drain_buffer
 
     path = tmp_path / "buffer.jsonl"
     store = await Store.open(db.dsn)

@@ -1,8 +1,8 @@
 """Property test: random writes, outages, recoveries, clock jumps, restarts and crashes.
 
 Hypothesis draws a list of operations and runs it against a real
-:class:`~ibkr_bridge.sink.DurableWriter` whose PostgreSQL sits behind a
-:class:`~ibkr_bridge.testing.TcpProxy`, with a :class:`~ibkr_bridge.clock.FakeClock` for the
+:class:`~ibkr_bridge.storage.sink.DurableWriter` whose PostgreSQL sits behind a
+:class:`~ibkr_bridge.testing.TcpProxy`, with a :class:`~ibkr_bridge.core.clock.FakeClock` for the
 breaker's retry interval:
 
 - ``Write(rows, batches)``: submit ``batches`` batches at once and wait until all are durable.
@@ -46,12 +46,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.machines.breaker import BreakerState
-from ibkr_bridge.records import GreeksRow
-from ibkr_bridge.sink import DurableWriter
-from ibkr_bridge.store import EventTuple, GreeksTuple, Store
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.machines.breaker import BreakerState
+from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.sink import DurableWriter
+from ibkr_bridge.storage.store import EventTuple, GreeksTuple, Store
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
 T0 = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)

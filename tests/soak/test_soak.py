@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge.buffer import JsonlBuffer
-from ibkr_bridge.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.sim import black_scholes, single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import NEW_YORK, SPY_CONID
+from ibkr_bridge.storage.buffer import JsonlBuffer
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 HANG_GUARD = 900  # only a guard against a hung soak, not a timing claim

@@ -16,9 +16,9 @@ import resource
 import sys
 from typing import Any
 
-from ibkr_bridge.logs import configure_logging
+from ibkr_bridge.feeds.socket.feed import SocketFeed
+from ibkr_bridge.ops.logs import configure_logging
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
-from ibkr_bridge.socket_feed import SocketFeed
 
 
 def peak_kib() -> int:

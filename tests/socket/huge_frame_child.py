@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.logs import configure_logging
+from ibkr_bridge.ops.logs import configure_logging
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import TestDatabase, wait_until
 

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.greeks import PORTFOLIO
-from ibkr_bridge.ratelimit import SOCKET_DETAILS_LIMIT
-from ibkr_bridge.records import Status
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.greeks import PORTFOLIO
+from ibkr_bridge.core.records import Status
+from ibkr_bridge.feeds.ratelimit import SOCKET_DETAILS_LIMIT
+from ibkr_bridge.feeds.socket.feed import SocketFeed
 from ibkr_bridge.sim.portfolio import (
     DEFAULT_ACCOUNT,
     ES_CONID,
@@ -33,7 +34,6 @@ from ibkr_bridge.sim.portfolio import (
     resolve_expiry,
 )
 from ibkr_bridge.sim.tws import TwsSimulator
-from ibkr_bridge.socket_feed import SocketFeed
 from ibkr_bridge.testing import TestDatabase, wait_until
 
 CLIENT_ID = 10

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge.clock import FakeClock
-from ibkr_bridge.config import load_settings
-from ibkr_bridge.errors import AccountSelectionError, GatewayError
-from ibkr_bridge.greeks import PORTFOLIO
-from ibkr_bridge.records import GreeksRow, Status
+from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.core.errors import AccountSelectionError, GatewayError
+from ibkr_bridge.core.greeks import PORTFOLIO
+from ibkr_bridge.core.records import GreeksRow, Status
+from ibkr_bridge.feeds.socket.feed import SocketFeed
 from ibkr_bridge.sim.portfolio import (
     DEFAULT_ACCOUNT,
     ES_CONID,
@@ -37,7 +38,6 @@ from ibkr_bridge.sim.portfolio import (
     years_between,
 )
 from ibkr_bridge.sim.tws import TwsSimulator
-from ibkr_bridge.socket_feed import SocketFeed
 
 CLIENT_ID = 10
 GUARD = 10.0  # seconds a wait may take before the test is declared hung

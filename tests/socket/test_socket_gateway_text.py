@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_socket_feed import connected, settle  # tests/socket is not a package
 
-from ibkr_bridge.logs import (
+from ibkr_bridge.ops.logs import (
     GATEWAY_LOG_BURST,
     GATEWAY_LOG_WINDOW,
     GATEWAY_TEXT_LIMIT,
@@ -110,7 +110,7 @@ def test_gateway_library_lines_are_limited_per_window_then_counted() -> None:
 
     shown = [r for r in (record() for _ in range(1000)) if gate.filter(r)]
     assert len(shown) == GATEWAY_LOG_BURST
-    other = logging.LogRecord("ibkr_bridge.sink", logging.ERROR, "", 0, "mine", None, None)
+    other = logging.LogRecord("ibkr_bridge.storage.sink", logging.ERROR, "", 0, "mine", None, None)
     assert gate.filter(other), "the bridge's own lines are never limited"
     now[0] = GATEWAY_LOG_WINDOW
     after = record()

@@ -1,0 +1,163 @@
+"""The two kinds of record the bridge stores, and their JSON form.
+
+Both are frozen attrs records carrying their own idempotency ``key``: the same record
+written twice (a replayed buffer line, a retried commit whose reply was lost) is a no-op
+in the database because the key column is unique.
+
+The JSON form is what the crash-safe buffer holds, one object per line::
+
+    {"v": 1, "type": "greeks", "key": "...", "data": {...}}
+
+Timestamps are ISO 8601 with offset and floats are written with ``repr`` precision, so a
+record read back equals the one written (``None`` stays ``None``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final, Literal
+
+import attrs
+from attrs import field, frozen
+
+SCHEMA_VERSION: Final = 1
+
+Status = Literal["info", "warning", "error"]
+STATUSES: Final = ("info", "warning", "error")
+
+
+def new_key() -> str:
+    """A fresh idempotency key."""
+    return uuid.uuid4().hex
+
+
+def _aware(_: Any, attribute: attrs.Attribute[Any], value: datetime) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"{attribute.name} must be a timezone-aware datetime, got {value!r}")
+
+
+def _finite_or_none(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    # A Greek that is NaN or infinite is not data: it must arrive here as None.
+    if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number or None, got {value!r}")
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@frozen(kw_only=True)
+class GreeksRow:
+    """Net Greeks of the portfolio (``portfolio_greeks``) or one underlying (``underlying_greeks``).
+
+    The table follows from ``contract`` alone (see :mod:`ibkr_bridge.storage.store`).
+    """
+
+    timestamp: datetime = field(validator=_aware)
+    account: str
+    api_mode: str
+    contract: str = "PORTFOLIO"
+    delta: float | None = field(default=None, converter=_float_or_none, validator=_finite_or_none)
+    gamma: float | None = field(default=None, converter=_float_or_none, validator=_finite_or_none)
+    vega: float | None = field(default=None, converter=_float_or_none, validator=_finite_or_none)
+    theta: float | None = field(default=None, converter=_float_or_none, validator=_finite_or_none)
+    underlying_price: float | None = field(
+        default=None, converter=_float_or_none, validator=_finite_or_none
+    )
+    dollar_delta: float | None = field(
+        default=None, converter=_float_or_none, validator=_finite_or_none
+    )
+    legs: int = 0
+    legs_missing: int = 0
+    key: str = field(factory=new_key)
+
+    type: ClassVar[Literal["greeks"]] = "greeks"
+
+
+@frozen(kw_only=True)
+class ApiEvent:
+    """One row of ``api_logs``: a lifecycle event (connect, transition, error, ...)."""
+
+    timestamp: datetime = field(validator=_aware)
+    api_mode: str
+    event: str
+    message: str
+    status: Status = field(default="info", validator=attrs.validators.in_(STATUSES))
+    machine: str | None = None
+    source_state: str | None = None
+    dest_state: str | None = None
+    detail: Mapping[str, Any] = field(factory=dict)
+    key: str = field(factory=new_key)
+
+    type: ClassVar[Literal["api_log"]] = "api_log"
+
+
+Record = GreeksRow | ApiEvent
+
+_GREEKS_FIELDS: Final = tuple(a.name for a in attrs.fields(GreeksRow) if a.name != "key")
+_EVENT_FIELDS: Final = tuple(a.name for a in attrs.fields(ApiEvent) if a.name != "key")
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """The JSON-ready form of a record (one buffer line)."""
+    names = _GREEKS_FIELDS if isinstance(record, GreeksRow) else _EVENT_FIELDS
+    data: dict[str, Any] = {}
+    for name in names:
+        value = getattr(record, name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        data[name] = value
+    return {"v": SCHEMA_VERSION, "type": record.type, "key": record.key, "data": data}
+
+
+def record_to_json(record: Record) -> str:
+    """One compact JSON line (without the newline)."""
+    return json.dumps(record_to_dict(record), separators=(",", ":"), allow_nan=False)
+
+
+class RecordFormatError(ValueError):
+    """A buffer line that is not a record this version understands."""
+
+
+def record_from_dict(obj: Mapping[str, Any]) -> Record:
+    """Rebuild a record from :func:`record_to_dict` output; raises RecordFormatError."""
+    try:
+        version = obj["v"]
+        kind = obj["type"]
+        key = obj["key"]
+        data = dict(obj["data"])
+    except (KeyError, TypeError) as exc:
+        raise RecordFormatError(f"not a buffer record: missing {exc}") from None
+    if version != SCHEMA_VERSION:
+        raise RecordFormatError(f"unknown record schema version {version!r}")
+    if not isinstance(key, str) or not key:
+        raise RecordFormatError("record key must be a non-empty string")
+    try:
+        data["timestamp"] = datetime.fromisoformat(data["timestamp"])
+        if kind == "greeks":
+            return GreeksRow(key=key, **data)
+        if kind == "api_log":
+            return ApiEvent(key=key, **data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordFormatError(f"bad {kind} record: {exc}") from None
+    raise RecordFormatError(f"unknown record type {kind!r}")
+
+
+def record_from_json(line: str | bytes) -> Record:
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordFormatError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RecordFormatError("a buffer line must be a JSON object")
+    return record_from_dict(obj)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

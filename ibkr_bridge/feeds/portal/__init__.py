@@ -1,0 +1,1 @@
+"""The PORTAL feed: the Client Portal Web API over aiohttp."""

@@ -1,0 +1,1 @@
+"""The SOCKET feed: ib_async talking to IB Gateway or TWS."""

@@ -1,0 +1,1 @@
+"""Operating the bridge: the command line, doctor checks, health endpoint and logging."""

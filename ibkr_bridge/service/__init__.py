@@ -1,0 +1,1 @@
+"""The service: the Bridge driver that connects a feed to the durable writer."""

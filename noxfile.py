@@ -19,9 +19,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", *PATHS)
     session.run("ruff", "format", "--check", *PATHS)
+    # The layers and forbidden imports of pyproject's [tool.importlinter] (no cycles, pure core).
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session(python="3.11")

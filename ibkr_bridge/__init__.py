@@ -8,6 +8,7 @@ and the IBKR simulators in :mod:`ibkr_bridge.sim`.
 from __future__ import annotations
 
 from ibkr_bridge.config.settings import ApiMode, ConfigError, Settings, load_settings
+from ibkr_bridge.core._version import __version__
 from ibkr_bridge.core.clock import Clock, FakeClock, SystemClock
 from ibkr_bridge.core.errors import (
     AccountSelectionError,
@@ -21,13 +22,12 @@ from ibkr_bridge.core.errors import (
 )
 from ibkr_bridge.core.machines import BreakerState, ConnectionState, IllegalTransition, Transition
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
-from ibkr_bridge.service.bridge import Bridge, BridgeStatus, TickInfo
+from ibkr_bridge.service.bridge import Bridge
+from ibkr_bridge.service.status import BridgeStatus, TickInfo
 from ibkr_bridge.storage.buffer import BufferFullError, BufferLockedError, JsonlBuffer
 from ibkr_bridge.storage.schema import ensure_bridge_schema
 from ibkr_bridge.storage.sink import DurableWriter
 from ibkr_bridge.storage.store import Store
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "AccountSelectionError",

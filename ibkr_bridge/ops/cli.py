@@ -47,6 +47,14 @@ from typing import TYPE_CHECKING, Final, TextIO
 from ibkr_bridge.config.settings import ConfigError, LogFormat, Settings, load_settings
 from ibkr_bridge.core.errors import SchemaError, StoreError
 from ibkr_bridge.core.redaction import redact_secrets
+from ibkr_bridge.ops.exitcodes import (
+    EXIT_CODES_HELP,
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_SCHEMA,
+)
 from ibkr_bridge.ops.logs import configure_logging
 from ibkr_bridge.storage.buffer import (
     BufferFormatError,
@@ -63,20 +71,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ibkr_bridge")
 
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_CONFIG: Final = 2
-EXIT_SCHEMA: Final = 3
-EXIT_LOCKED: Final = 4
-
-EXIT_CODES_HELP: Final = """\
-exit codes:
-  0  ok
-  1  a check failed, or a runtime failure
-  2  bad configuration or usage (also: the buffer path is a symlink, a directory,
-     not permitted, or holds a buffer of an unknown version)
-  3  the bridge's tables exist in a shape it cannot write to
-  4  the buffer is locked by another running bridge (replay-rejected: another replay)"""
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_SCHEMA",
+    "build_parser",
+    "cmd_run",
+    "main",
+    "serve",
+]
 
 PROG: Final = "ibkr-bridge"
 
@@ -572,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
     )
-    from ibkr_bridge import __version__
+    from ibkr_bridge.core._version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _config_options(parser, mode=True, top=True)

@@ -54,7 +54,7 @@ from ibkr_bridge.config.settings import (
 )
 from ibkr_bridge.core.redaction import redact_secrets
 from ibkr_bridge.feeds.portal.feed import api_root
-from ibkr_bridge.ops.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA
+from ibkr_bridge.ops.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA
 from ibkr_bridge.storage.buffer import BufferReport, inspect_buffer
 from ibkr_bridge.storage.drain import RejectedFile, RejectedSummary, reason_of
 from ibkr_bridge.storage.schema import (

@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
-
-import attrs
 
 from ibkr_bridge.config.settings import ApiMode, Settings, load_settings
 from ibkr_bridge.core.clock import Clock, RowTimes, SystemClock, cancel_and_wait
@@ -32,49 +30,19 @@ from ibkr_bridge.core.greeks import LegProblem, LegsVerdict
 from ibkr_bridge.core.machines.base import Transition
 from ibkr_bridge.core.machines.breaker import BreakerState
 from ibkr_bridge.core.machines.connection import ConnectionMachine, ConnectionState
-from ibkr_bridge.core.records import ApiEvent, GreeksRow, Status
+from ibkr_bridge.core.records import GreeksRow, Status
 from ibkr_bridge.core.redaction import redact_secrets
 from ibkr_bridge.core.resetwindow import WatchdogPolicy
 from ibkr_bridge.feeds.protocol import Feed
-from ibkr_bridge.ops.health import HealthServer
+from ibkr_bridge.service.health import HealthServer
+from ibkr_bridge.service.status import BridgeStatus, EventCallback, RowCallback, TickInfo
 from ibkr_bridge.storage.buffer import JsonlBuffer
 from ibkr_bridge.storage.sink import DurableWriter
 from ibkr_bridge.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-RowCallback = Callable[[Sequence[GreeksRow]], None]
-EventCallback = Callable[[ApiEvent], None]
-
-
-@attrs.frozen
-class TickInfo:
-    """What one tick of the writer did, for metrics."""
-
-    duration: float  # seconds spent aggregating and handing rows to the writer
-    rows: int
-    skipped: str | None  # why nothing was written, or None
-
-
-@attrs.frozen
-class BridgeStatus:
-    """A read-only view of the bridge, for health checks and the demo."""
-
-    mode: str
-    connection: str
-    breaker: str
-    stale: bool
-    account: str | None
-    last_row_at: datetime | None
-    last_rows: tuple[GreeksRow, ...]
-    rows_submitted: int
-    ticks_missed: int
-    ticks_skipped: int
-    buffer_pending_bytes: int
-    # From the last tick's staleness verdict (docs/greeks.md); cleared when LIVE ends.
-    greeks_stale: bool = False  # an option leg's Greeks too old, or a data farm broken
-    legs_missing: tuple[str, ...] = ()  # option legs without current Greeks, past grace
-    degraded: str | None = None  # what the rows lack (or why none are written), else None
+__all__ = ["Bridge", "BridgeStatus", "TickInfo", "make_feed", "watchdog_policy"]
 
 
 def watchdog_policy(settings: Settings) -> WatchdogPolicy:

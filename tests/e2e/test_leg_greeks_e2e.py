@@ -23,7 +23,7 @@ import pytest
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
 from ibkr_bridge.core.clock import FakeClock
-from ibkr_bridge.ops.health import HealthServer
+from ibkr_bridge.service.health import HealthServer
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import TcpProxy, TestDatabase, expected_net_greeks, wait_until
 

@@ -21,8 +21,8 @@ from ibkr_bridge.config.settings import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.machines import BreakerState, ConnectionState
 from ibkr_bridge.core.records import GreeksRow
-from ibkr_bridge.ops.health import HealthServer
 from ibkr_bridge.service.bridge import Bridge
+from ibkr_bridge.service.health import HealthServer
 from ibkr_bridge.sim import TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import ScriptedFeed, TcpProxy, TestDatabase, wait_until
 

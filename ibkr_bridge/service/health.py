@@ -1,8 +1,8 @@
 """Health and metrics over HTTP: ``GET /healthz`` and ``GET /metrics`` for one Bridge.
 
-:class:`HealthServer` is a small aiohttp server (loopback by default) that watches a
-:class:`~ibkr_bridge.service.bridge.Bridge` through its observation hooks (every ``api_logs``
-event, every tick, every batch of rows) and its read-only ``status``:
+:class:`HealthServer` is a small aiohttp server (loopback by default) that watches a Bridge
+(any :class:`~ibkr_bridge.service.status.BridgeView`) through its observation hooks (every
+``api_logs`` event, every tick, every batch of rows) and its read-only ``status``:
 
 - ``/healthz`` answers 200 while the bridge is writing rows, or is in a wait it expects
   (IBKR's nightly reset, a short reconnection, a short database outage), and 503 with a
@@ -37,16 +37,17 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from ibkr_bridge.core._version import __version__
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import LifecycleError
 from ibkr_bridge.core.machines import BREAKER_SPEC, CONNECTION_SPEC, BreakerState, ConnectionState
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
 from ibkr_bridge.core.resetwindow import WatchdogPolicy, in_maintenance, in_weekly_window
+from ibkr_bridge.service.status import BridgeStatus, BridgeView, TickInfo
 from ibkr_bridge.storage.sink import SinkStats
 
 if TYPE_CHECKING:
     from ibkr_bridge.config.settings import Settings
-    from ibkr_bridge.service.bridge import Bridge, BridgeStatus, TickInfo
 
 __all__ = ["HealthPolicy", "HealthReport", "HealthServer"]
 
@@ -190,7 +191,6 @@ class _BridgeCollector(Collector):
         status = bridge.status
         report = server.health(status)
         # Imported here: the package's __init__ imports the bridge, which imports us.
-        from ibkr_bridge import __version__
 
         yield InfoMetricFamily(
             PREFIX,
@@ -269,7 +269,7 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
     return CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=float(value))
 
 
-def _sink_stats(bridge: Bridge) -> SinkStats | None:
+def _sink_stats(bridge: BridgeView) -> SinkStats | None:
     try:
         return bridge.sink.stats
     except LifecycleError:  # not started: there is no writer to report on yet
@@ -299,7 +299,7 @@ class HealthServer:
 
     def __init__(
         self,
-        bridge: Bridge,
+        bridge: BridgeView,
         *,
         host: str = "127.0.0.1",
         port: int = 0,

@@ -55,7 +55,7 @@ from typing import Final
 
 import attrs
 
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import SystemClock
 from ibkr_bridge.service.bridge import Bridge, TickInfo
 from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postgres

@@ -67,7 +67,7 @@ import attrs
 from cadence import SimProcess, load_average, socket_simulator_args
 from drain import make_rows
 
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
 from ibkr_bridge.service.bridge import Bridge
 from ibkr_bridge.testing import TcpProxy, TestDatabase, find_postgres, stop_embedded_postgres

@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.config.settings import Settings
+from ibkr_bridge.config import Settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
 from ibkr_bridge.feeds.portal.feed import PortalFeed

@@ -61,7 +61,7 @@ import attrs
 # The sibling script (its directory is sys.path[0] when a script runs): shared helpers.
 from cadence import SimProcess, socket_simulator_args
 
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.service.bridge import Bridge, TickInfo
 from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postgres
 

@@ -7,7 +7,7 @@ and the IBKR simulators in :mod:`ibkr_bridge.sim`.
 
 from __future__ import annotations
 
-from ibkr_bridge.config.settings import ApiMode, ConfigError, Settings, load_settings
+from ibkr_bridge.config import ApiMode, ConfigError, Settings, load_settings
 from ibkr_bridge.core._version import __version__
 from ibkr_bridge.core.clock import Clock, FakeClock, SystemClock
 from ibkr_bridge.core.errors import (

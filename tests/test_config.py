@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from ibkr_bridge.config.settings import (
+from ibkr_bridge.config import (
     PROBLEM_CHARS,
     SHOWN_CHARS,
     ApiMode,

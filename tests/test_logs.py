@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ibkr_bridge.config.settings import LogFormat
+from ibkr_bridge.config import LogFormat
 from ibkr_bridge.ops.logs import configure_logging, redact_secrets
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ibkr_bridge.config.settings import main
+from ibkr_bridge.config.reference import main
 
 if __name__ == "__main__":
     sys.exit(main())

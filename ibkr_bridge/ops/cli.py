@@ -44,7 +44,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, TextIO
 
-from ibkr_bridge.config.settings import ConfigError, LogFormat, Settings, load_settings
+from ibkr_bridge.config import ConfigError, LogFormat, Settings, load_settings
 from ibkr_bridge.core.errors import SchemaError, StoreError
 from ibkr_bridge.core.redaction import redact_secrets
 from ibkr_bridge.ops.exitcodes import (

@@ -3,7 +3,7 @@
 Checks, each reported as OK, WARN, FAIL or SKIP with a one-screen detail:
 
 ``configuration``
-    :func:`~ibkr_bridge.config.settings.load_settings` on the environment and the dotenv file; every
+    :func:`~ibkr_bridge.config.load_settings` on the environment and the dotenv file; every
     problem is listed (FAIL, exit code 2). Unknown ``IB_``/``IBKR_``/``BRIDGE_`` variables
     are a WARN.
 ``database``
@@ -45,7 +45,7 @@ import asyncpg
 from attrs import field, frozen
 from ib_async.client import Client
 
-from ibkr_bridge.config.settings import (
+from ibkr_bridge.config import (
     ApiMode,
     ConfigError,
     DatabaseConfig,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
-from ibkr_bridge.config.settings import LogFormat
+from ibkr_bridge.config import LogFormat
 from ibkr_bridge.core.redaction import (
     GATEWAY_TEXT_LIMIT,
     MAX_SECRETS,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ibkr_bridge.config.settings import ApiMode, Settings, load_settings
+from ibkr_bridge.config import ApiMode, Settings, load_settings
 from ibkr_bridge.core.clock import Clock, RowTimes, SystemClock, cancel_and_wait
 from ibkr_bridge.core.errors import LifecycleError, SchemaError, StoreError
 from ibkr_bridge.core.greeks import LegProblem, LegsVerdict

@@ -47,7 +47,7 @@ from ibkr_bridge.service.status import BridgeStatus, BridgeView, TickInfo
 from ibkr_bridge.storage.sink import SinkStats
 
 if TYPE_CHECKING:
-    from ibkr_bridge.config.settings import Settings
+    from ibkr_bridge.config import Settings
 
 __all__ = ["HealthPolicy", "HealthReport", "HealthServer"]
 

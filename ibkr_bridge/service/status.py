@@ -12,7 +12,7 @@ from typing import Protocol
 
 import attrs
 
-from ibkr_bridge.config.settings import Settings
+from ibkr_bridge.config import Settings
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
 from ibkr_bridge.storage.sink import DurableWriter
 

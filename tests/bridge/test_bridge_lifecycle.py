@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.machines.connection import ConnectionState
 from ibkr_bridge.service.bridge import Bridge

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.machines.connection import ConnectionState
 from ibkr_bridge.service.bridge import Bridge

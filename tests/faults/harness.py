@@ -46,7 +46,7 @@ import attrs
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState
-from ibkr_bridge.config.settings import Settings, load_settings
+from ibkr_bridge.config import Settings, load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
 from ibkr_bridge.feeds.portal.feed import PortalFeed

@@ -31,7 +31,7 @@ import asyncpg
 import pytest
 
 from ibkr_bridge import ConnectionState
-from ibkr_bridge.config.settings import ConfigError, load_settings, redact_dsn, setting_keys
+from ibkr_bridge.config import ConfigError, load_settings, redact_dsn, setting_keys
 from ibkr_bridge.storage.buffer import BufferPathError
 from ibkr_bridge.testing import TestDatabase, wait_until
 

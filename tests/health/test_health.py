@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import ibkr_bridge
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.machines import BreakerState, ConnectionState
 from ibkr_bridge.core.records import GreeksRow

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.errors import AccountSelectionError, GatewayError
 from ibkr_bridge.core.records import GreeksRow, Status

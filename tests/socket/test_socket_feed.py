@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge.config.settings import load_settings
+from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.errors import AccountSelectionError, GatewayError
 from ibkr_bridge.core.greeks import PORTFOLIO

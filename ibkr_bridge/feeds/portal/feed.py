@@ -364,7 +364,7 @@ class PortalFeed:
 
     @classmethod
     def from_settings(cls, settings: PortalSettings, clock: Clock | None = None) -> PortalFeed:
-        """Build from :class:`ibkr_bridge.config.settings.Settings` (``IBKR_GATEWAY_URL``,
+        """Build from :class:`ibkr_bridge.config.Settings` (``IBKR_GATEWAY_URL``,
         ``IB_ACCOUNT``, ``IBKR_GATEWAY_CA``, ``IBKR_VERIFY_TLS``, ``IBKR_TICKLE_INTERVAL``)."""
         return cls(
             gateway_url=settings.gateway_url,

@@ -30,7 +30,6 @@ from ibkr_bridge.core.records import (
     Record,
     record_from_dict,
 )
-from ibkr_bridge.storage import buffer as buffer_module
 from ibkr_bridge.storage.buffer import (
     Batch,
     BufferFormatError,
@@ -39,6 +38,7 @@ from ibkr_bridge.storage.buffer import (
     JsonlBuffer,
     RawBatch,
 )
+from ibkr_bridge.storage.buffer import _format as buffer_module
 
 T0 = datetime(2024, 3, 8, 14, 30, tzinfo=UTC)
 

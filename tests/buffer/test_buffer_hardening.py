@@ -33,8 +33,8 @@ from ibkr_bridge.core.records import (
     record_to_json,
 )
 from ibkr_bridge.ops.cli import EXIT_CONFIG
-from ibkr_bridge.storage import buffer as buffer_module
 from ibkr_bridge.storage.buffer import BufferPathError, JsonlBuffer, format_line, inspect_buffer
+from ibkr_bridge.storage.buffer import _format as buffer_module
 from ibkr_bridge.storage.drain import DrainProgress, RejectedFile, drain_buffer
 from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase

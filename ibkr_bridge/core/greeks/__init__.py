@@ -1,0 +1,65 @@
+"""Net Greeks of a portfolio from per-contract Greeks: one pure function for both feeds.
+
+SOCKET (ib_async tickers) and PORTAL (Client Portal snapshot strings) each turn their
+positions into :class:`Leg` records; :func:`aggregate` turns legs into
+:class:`~ibkr_bridge.core.records.GreeksRow` records. Nothing here does IO or reads a clock.
+
+Rules (see ``docs/greeks.md``):
+
+* net Greek = sum of quantity * multiplier * per-share Greek for options (OPT, FOP); a stock or
+  ETF contributes delta = shares, a future delta = quantity * multiplier;
+* a missing Greek is never summed as 0: a column any option leg lacks is ``None``;
+* with several underlyings the PORTFOLIO row is followed by one row per underlying;
+* an option leg's Greeks count only while they are current (:func:`judge_legs`): received,
+  no older than ``stale_after`` and no market-data farm reported broken; a leg without
+  current Greeks past ``leg_grace`` is named, and the row is skipped (the default) or
+  written from the other legs with the leg counted in ``legs_missing`` (``partial``).
+
+Modules: ``_values`` (cleaning numbers), ``_aggregate`` (legs and aggregate),
+``staleness`` (judge_legs).
+"""
+
+from __future__ import annotations
+
+from ibkr_bridge.core.greeks._aggregate import Leg, aggregate, flat_row, row_key
+from ibkr_bridge.core.greeks._values import (
+    FUTURE_SEC_TYPES,
+    OPTION_SEC_TYPES,
+    PORTFOLIO,
+    SEC_TYPES,
+    STOCK_SEC_TYPES,
+    clean_greek,
+    clean_portal_greek,
+    clean_price,
+    multiplier_from,
+    parse_portal_number,
+)
+from ibkr_bridge.core.greeks.staleness import (
+    GreeksRule,
+    LegGreeks,
+    LegProblem,
+    LegsVerdict,
+    judge_legs,
+)
+
+__all__ = [
+    "FUTURE_SEC_TYPES",
+    "OPTION_SEC_TYPES",
+    "PORTFOLIO",
+    "SEC_TYPES",
+    "STOCK_SEC_TYPES",
+    "GreeksRule",
+    "Leg",
+    "LegGreeks",
+    "LegProblem",
+    "LegsVerdict",
+    "aggregate",
+    "clean_greek",
+    "clean_portal_greek",
+    "clean_price",
+    "flat_row",
+    "judge_legs",
+    "multiplier_from",
+    "parse_portal_number",
+    "row_key",
+]

@@ -444,10 +444,10 @@ def test_random_sequences_keep_the_outbox_consistent(steps: list[tuple[str, floa
 
 
 PURE_MODULES = (
-    "machines/base.py",
-    "machines/breaker.py",
-    "machines/connection.py",
-    "resetwindow.py",
+    "core/machines/base.py",
+    "core/machines/breaker.py",
+    "core/machines/connection.py",
+    "core/resetwindow.py",
 )
 FORBIDDEN_IMPORTS = {"asyncio", "logging", "time", "socket", "os", "io", "pathlib", "threading"}
 

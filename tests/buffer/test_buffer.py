@@ -37,6 +37,7 @@ from ibkr_bridge.storage.buffer import (
     BufferLockedError,
     JsonlBuffer,
     RawBatch,
+    _jsonl,
 )
 from ibkr_bridge.storage.buffer import _format as buffer_module
 
@@ -640,7 +641,7 @@ def test_failed_fsync_rolls_the_append_back(
     def failing_sync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(buffer_module, "_sync_data", failing_sync)
+    monkeypatch.setattr(_jsonl, "_sync_data", failing_sync)  # where the appender calls it
     with pytest.raises(OSError, match="Input/output"):
         buf.append([greeks(2), greeks(3)])
     assert path.read_bytes() == before

@@ -21,273 +21,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import attrs
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
-from ibkr_bridge.core._version import __version__
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import LifecycleError
-from ibkr_bridge.core.machines import BREAKER_SPEC, CONNECTION_SPEC, BreakerState, ConnectionState
+from ibkr_bridge.core.machines import BREAKER_SPEC, CONNECTION_SPEC, BreakerState
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
 from ibkr_bridge.core.resetwindow import WatchdogPolicy, in_maintenance, in_weekly_window
 from ibkr_bridge.service.status import BridgeStatus, BridgeView, TickInfo
-from ibkr_bridge.storage.sink import SinkStats
 
 if TYPE_CHECKING:
-    from ibkr_bridge.config import Settings
+    pass
+from ibkr_bridge.service._health_rules import _S, HealthPolicy, HealthReport, _seconds, _Tracker
+from ibkr_bridge.service._metrics import PREFIX, TICK_BUCKETS, _BridgeCollector, _sink_stats
 
 __all__ = ["HealthPolicy", "HealthReport", "HealthServer"]
 
 log = logging.getLogger(__name__)
-
-PREFIX: Final = "ibkr_bridge"
-GREEKS: Final = ("delta", "gamma", "vega", "theta", "dollar_delta")
-# Ticks aggregate in-memory state: microseconds normally, so the buckets start low.
-TICK_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0)
-
-_S = ConnectionState
-_RECONNECTING: Final = frozenset({_S.DISCONNECTED, _S.CONNECTING, _S.BACKOFF})
-
-
-@attrs.frozen(kw_only=True)
-class HealthPolicy:
-    """When ``/healthz`` turns 503. All values are seconds except ``buffer_full_ratio``."""
-
-    max_row_age: float  # LIVE with fresh data: the last row may be this old
-    first_row_grace: float  # LIVE (or data restored) and no row yet: wait this long
-    stale_grace: float  # LIVE but IB reports lost connectivity (1100) outside the reset window
-    outage_grace: float  # not connected to IBKR (and not waiting out the nightly reset)
-    db_outage_grace: float  # the database circuit breaker not CLOSED
-    buffer_full_ratio: float = 0.9  # the buffer this full: rows are about to be refused
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> HealthPolicy:
-        """Thresholds derived from the bridge's own timing settings."""
-        poll = settings.poll_interval
-        return cls(
-            max_row_age=3 * poll,
-            first_row_grace=max(60.0, 3 * poll),
-            stale_grace=120.0,
-            # The longest the quick back-off can take: every delay, plus every attempt
-            # (the first one included) running into the connect timeout.
-            outage_grace=sum(settings.backoff)
-            + (len(settings.backoff) + 1) * settings.connect_timeout,
-            # At least one database retry has failed.
-            db_outage_grace=2 * settings.retry_interval,
-        )
-
-
-@attrs.frozen(kw_only=True)
-class HealthReport:
-    """One evaluation of the bridge's health: what ``/healthz`` returns."""
-
-    healthy: bool
-    reason: str | None  # why unhealthy (several reasons joined by "; "), else None
-    note: str | None  # healthy but not writing: the wait the bridge expects
-    mode: str
-    connection: str
-    breaker: str
-    stale: bool
-    last_row_at: datetime | None
-    last_row_age_seconds: float | None
-    buffer_pending_bytes: int
-    rows_submitted: int
-    # Option legs without current Greeks past their grace (docs/greeks.md): what the rows
-    # lack or why none are written. Healthy with this set is "degraded".
-    degraded: str | None = None
-    legs_missing: tuple[str, ...] = ()
-
-    @property
-    def status(self) -> str:
-        if not self.healthy:
-            return "unhealthy"
-        return "degraded" if self.degraded else "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "degraded": self.degraded,
-            "legs_missing": list(self.legs_missing),
-            "note": self.note,
-            "mode": self.mode,
-            "connection": self.connection,
-            "breaker": self.breaker,
-            "stale": self.stale,
-            "last_row_at": self.last_row_at.isoformat() if self.last_row_at else None,
-            "last_row_age_seconds": self.last_row_age_seconds,
-            "buffer_pending_bytes": self.buffer_pending_bytes,
-            "rows_submitted": self.rows_submitted,
-        }
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.0f} s"
-
-
-class _Tracker:
-    """Monotonic times of what the health rules measure, kept from the bridge's events."""
-
-    def __init__(self, now: float) -> None:
-        # Until an event says otherwise, episodes are measured from when watching began.
-        self.started_at = now
-        self.down_since: float | None = now
-        self.writing_expected_since = now
-        self.stale_since: float | None = None
-        self.db_down_since: float | None = None
-        self.last_row_at: float | None = None
-
-    def transition(self, event: ApiEvent, now: float) -> None:
-        source, dest = event.source_state, event.dest_state
-        if event.machine == "breaker":
-            if dest == BreakerState.CLOSED:
-                self.db_down_since = None
-            elif self.db_down_since is None:
-                self.db_down_since = now
-            return
-        if event.machine != "connection":
-            return
-        if source == dest == _S.LIVE:
-            trigger = event.detail.get("trigger")
-            if trigger == "data_lost":
-                self.stale_since = now
-            elif trigger == "data_restored":
-                self.stale_since = None
-                self.writing_expected_since = now
-            return
-        self.stale_since = None
-        if dest == _S.LIVE:
-            self.down_since = None
-            self.writing_expected_since = now
-        elif dest == _S.RESET_WAIT:
-            # An expected wait: the outage clock starts again when it is over.
-            self.down_since = None
-        elif dest in _RECONNECTING and self.down_since is None:
-            self.down_since = now
-
-
-class _BridgeCollector(Collector):
-    """Reads the bridge's own counters and state at scrape time."""
-
-    def __init__(self, server: HealthServer) -> None:
-        self._server = server
-
-    def collect(self) -> Iterator[Metric]:
-        server = self._server
-        bridge = server.bridge
-        status = bridge.status
-        report = server.health(status)
-        # Imported here: the package's __init__ imports the bridge, which imports us.
-
-        yield InfoMetricFamily(
-            PREFIX,
-            "The bridge's mode and version",
-            value={"mode": status.mode, "version": __version__},
-        )
-        yield _gauge("healthy", "1 when /healthz answers 200", 1.0 if report.healthy else 0.0)
-        states = GaugeMetricFamily(
-            f"{PREFIX}_state",
-            "Current state of each lifecycle machine (1 for the current state)",
-            labels=["machine", "state"],
-        )
-        for machine, enum, current in (
-            ("connection", ConnectionState, status.connection),
-            ("breaker", BreakerState, status.breaker),
-        ):
-            for member in enum:
-                states.add_metric([machine, member.value], 1.0 if member.value == current else 0.0)
-        yield states
-        yield _gauge("stale", "1 while IB reports lost connectivity (1100)", float(status.stale))
-
-        yield _counter("rows_submitted", "Greeks rows handed to the writer", status.rows_submitted)
-        yield _counter("ticks_skipped", "Writer ticks that wrote nothing", status.ticks_skipped)
-        yield _counter("ticks_missed", "Writer ticks not run on time", status.ticks_missed)
-        stats = _sink_stats(bridge)
-        if stats is not None:
-            for name, value, documentation in (
-                ("records_written", stats.written, "Records written straight to PostgreSQL"),
-                ("records_buffered", stats.buffered, "Records appended to the buffer"),
-                ("records_drained", stats.drained, "Buffered records copied to PostgreSQL"),
-                ("records_rejected", stats.rejected, "Records PostgreSQL refused as data"),
-                (
-                    "records_refused",
-                    stats.refused_full,
-                    "Records refused: neither the buffer nor the memory queue could hold them",
-                ),
-                (
-                    "records_memory_queued",
-                    stats.memory_queued,
-                    "Records that waited in memory: the buffer could not be appended to",
-                ),
-                ("buffer_quarantined_lines", stats.quarantined, "Unreadable buffer lines"),
-            ):
-                yield _counter(name, documentation, value)
-            yield _gauge(
-                "memory_queue_depth", "Records waiting in memory now", stats.memory_queue_depth
-            )
-        yield _gauge(
-            "buffer_pending_bytes",
-            "Bytes in the buffer not yet in PostgreSQL",
-            status.buffer_pending_bytes,
-        )
-        yield _gauge(
-            "buffer_max_bytes", "Size cap of the buffer", float(bridge.settings.buffer_max_bytes)
-        )
-        if report.last_row_age_seconds is not None:
-            yield _gauge(
-                "last_row_age_seconds",
-                "Seconds since the last row was written",
-                report.last_row_age_seconds,
-            )
-        if status.last_row_at is not None:
-            yield _gauge(
-                "last_row_timestamp_seconds",
-                "Unix time of the last row written",
-                status.last_row_at.timestamp(),
-            )
-        yield from _greeks(status.last_rows)
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=float(value))
-
-
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=float(value))
-
-
-def _sink_stats(bridge: BridgeView) -> SinkStats | None:
-    try:
-        return bridge.sink.stats
-    except LifecycleError:  # not started: there is no writer to report on yet
-        return None
-
-
-def _greeks(rows: Sequence[GreeksRow]) -> Iterator[GaugeMetricFamily]:
-    for greek in GREEKS:
-        family = GaugeMetricFamily(
-            f"{PREFIX}_net_{greek}",
-            f"Net {greek} of the last row written, per contract (PORTFOLIO or an underlying)",
-            labels=["contract"],
-        )
-        for row in rows:
-            value = getattr(row, greek)
-            if value is not None:  # a Greek IB did not send is absent, never 0
-                family.add_metric([row.contract], value)
-        yield family
 
 
 class HealthServer:

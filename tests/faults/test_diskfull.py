@@ -184,7 +184,8 @@ async def database_returns(w: World, figures: Figures) -> None:
     keys = {
         r["bridge_key"]
         for r in await w.db.fetch(
-            "SELECT bridge_key FROM portfolio_greeks UNION ALL SELECT bridge_key FROM underlying_greeks"
+            "SELECT bridge_key FROM portfolio_greeks"
+            " UNION ALL SELECT bridge_key FROM underlying_greeks"
         )
     }
     assert all(r.key in keys for r in w.submitted[before:]), "live rows did not reach the table"

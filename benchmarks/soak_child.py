@@ -131,7 +131,7 @@ def schedule(mode: str, hours: float) -> tuple[Fault, ...]:
         Fault(
             by_day(0.20), "client_id_in_use" if socket else "competing", 30.0 if socket else 120.0
         ),
-        Fault(by_day(0.26), "sentinel", 600.0, {"mode": "vega_theta" if socket else "minus2"}),
+        Fault(by_day(0.26), "sentinel", 600.0, {"mode": "vega_theta" if socket else "empty"}),
         Fault(by_day(0.34), "positions", params={"conid": PUT_NEAR, "quantity": 0.0}),
         Fault(by_day(0.60), "db_cut", grid(min(600.0, 0.04 * total))),
         Fault(by_day(0.70), "gateway_freeze", 120.0),

@@ -67,6 +67,9 @@ class FakeClock:
         self._wall = start if start is not None else datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
         if self._wall.tzinfo is None:
             raise ValueError("FakeClock start must be timezone-aware")
+        # The wall clock is derived from one anchor, never summed step by step: timedelta
+        # rounds to microseconds, and hours of 1/3 s steps would drift it from monotonic.
+        self._anchor = (self._mono, self._wall)
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
@@ -115,7 +118,8 @@ class FakeClock:
 
     def _move_to(self, mono: float) -> None:
         if mono > self._mono:
-            self._wall += timedelta(seconds=mono - self._mono)
+            mono0, wall0 = self._anchor
+            self._wall = wall0 + timedelta(seconds=mono - mono0)
             self._mono = mono
 
     def set_wall(self, when: datetime) -> None:
@@ -123,6 +127,7 @@ class FakeClock:
         if when.tzinfo is None:
             raise ValueError("wall time must be timezone-aware")
         self._wall = when
+        self._anchor = (self._mono, when)
 
 
 ROW_TIME_STEP: Final = timedelta(microseconds=1)  # PostgreSQL timestamptz resolution

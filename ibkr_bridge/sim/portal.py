@@ -683,7 +683,11 @@ class PortalSimulator:
         conids: Iterable[int] | None = None,
     ) -> None:
         """Greek fields (7308-7311) of ``conids`` (default all) are absent (``missing``),
-        ``""`` (``empty``), ``"-2"`` (``minus2``) or ``"N/A"`` (``na``)."""
+        ``""`` (``empty``), ``"-2"`` (``minus2``) or ``"N/A"`` (``na``).
+
+        Client Portal marks "not computed" by an empty or absent field; ``minus2`` is there
+        to show that a client reads ``"-2"`` as the number it is (the socket API's sentinel
+        is not one in Client Portal strings)."""
         if mode not in SENTINEL_MODES:
             raise ValueError(f"mode must be one of {SENTINEL_MODES}, got {mode!r}")
         log.info("fault: sentinel greeks %s (%s s)", mode, seconds)

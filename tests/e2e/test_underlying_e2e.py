@@ -45,6 +45,8 @@ async def ran(db: TestDatabase, tmp_path: Path) -> Run:
                 "IB_PROBE_TIMEOUT": "0.5",
                 "DATABASE_URL": db.dsn,
                 "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
+                # The simulator's prices never move, so its Greeks arrive once: keep them current.
+                "BRIDGE_STALE_AFTER": "86400",
             },
             use_dotenv=False,
         )

@@ -204,7 +204,7 @@ async def everything_refused(w: World) -> None:
     await w.data_ready()
     await w.ticks(1)
     await w.live_bridge.sink.flush()
-    tables = [f'"{w.db.schema}".{t}' for t in ("portfolio_greeks", "api_logs")]
+    tables = [f'"{w.db.schema}".{t}' for t in ("portfolio_greeks", "underlying_greeks", "api_logs")]
     await admin(w, *(_REFUSE.format(table=t) for t in tables))
     with counting_logs() as logs:
         await w.ticks(6)

@@ -181,7 +181,13 @@ async def database_returns(w: World, figures: Figures) -> None:
     await w.ticks(3)
     await w.live_bridge.sink.flush()
     assert len(w.submitted) > before
-    keys = {r["bridge_key"] for r in await w.db.fetch("SELECT bridge_key FROM portfolio_greeks")}
+    keys = {
+        r["bridge_key"]
+        for r in await w.db.fetch(
+            "SELECT bridge_key FROM portfolio_greeks"
+            " UNION ALL SELECT bridge_key FROM underlying_greeks"
+        )
+    }
     assert all(r.key in keys for r in w.submitted[before:]), "live rows did not reach the table"
     figures.refused_while_healthy = w.live_bridge.sink.stats.refused_full - refused_before
     assert figures.refused_while_healthy == 0, "rows were refused while the database was healthy"

@@ -59,10 +59,8 @@ from ibkr_bridge.config._values import (
     FOREIGN_KEYS,
     LOG_LEVELS,
     OUR_PREFIXES,
-    PROBLEM_CHARS,
     SHOWN_CHARS,
     ApiMode,
-    ConfigError,
     LogFormat,
     MissingLegs,
 )
@@ -70,6 +68,7 @@ from ibkr_bridge.config.dsn import DatabaseConfig, redact_dsn
 from ibkr_bridge.config.loading import load_settings
 from ibkr_bridge.config.reference import main, render_configuration_doc, render_env_example
 from ibkr_bridge.config.settings import Settings, setting_keys
+from ibkr_bridge.core.errors import PROBLEM_CHARS, ConfigError
 
 __all__ = [
     "FOREIGN_KEYS",

@@ -1,4 +1,4 @@
-"""Setting values: the ConfigError, the enums, quoting limits and the strict string converter."""
+"""Setting values: the enums, quoting limits and the strict string converter."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import time
 from pathlib import Path
 from typing import Any, Final, NewType
 
 import cattrs
 
-from ibkr_bridge.core.errors import BridgeError
 from ibkr_bridge.core.resetwindow import WeeklyWindow
 
 #: Variables with these prefixes that are not settings are reported in ``unknown_keys``.
@@ -30,16 +29,8 @@ _REDACTED: Final = "***"
 
 #: A value quoted in an error is cut to this many characters (its length is said instead).
 SHOWN_CHARS: Final = 80
-#: No problem line of a ConfigError is longer than this.
-PROBLEM_CHARS: Final = 400
 #: Longest raw text accepted for a setting that does not declare its own ``max_length``.
 DEFAULT_MAX_LENGTH: Final = 256
-
-
-def _bounded(problem: str) -> str:
-    if len(problem) <= PROBLEM_CHARS:
-        return problem
-    return problem[: PROBLEM_CHARS - 3] + "..."
 
 
 def _show(value: Any) -> str:
@@ -55,20 +46,6 @@ def _show(value: Any) -> str:
         return text
     size = f" ({len(value)} characters)" if isinstance(value, str) else ""
     return f"{text[: SHOWN_CHARS - 3]}...{size}"
-
-
-class ConfigError(BridgeError, ValueError):
-    """The settings are invalid; ``problems`` holds one ``"VARIABLE: reason"`` per problem."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        # A last guard: a problem line never grows past PROBLEM_CHARS, whatever it quotes.
-        self.problems: tuple[str, ...] = tuple(_bounded(problem) for problem in problems)
-        super().__init__(self.problems)
-
-    def __str__(self) -> str:
-        count = len(self.problems)
-        header = f"invalid configuration ({count} problem{'' if count == 1 else 's'}):"
-        return "\n".join([header, *(f"  {problem}" for problem in self.problems)])
 
 
 class ApiMode(enum.StrEnum):

@@ -12,7 +12,8 @@ from attrs import frozen
 
 from ibkr_bridge.config._checks import _PORTS, _integer, _optional, _text
 from ibkr_bridge.config._keys import _record_problems, _setting
-from ibkr_bridge.config._values import _INT, _REDACTED, ConfigError, _show
+from ibkr_bridge.config._values import _INT, _REDACTED, _show
+from ibkr_bridge.core.errors import ConfigError
 
 # --- redaction -------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from dotenv import dotenv_values
 
 from ibkr_bridge.config._checks import _check_text, _validate
 from ibkr_bridge.config._keys import _fields_with_keys, _keys_of
-from ibkr_bridge.config._values import FOREIGN_KEYS, OUR_PREFIXES, ConfigError, _converter
+from ibkr_bridge.config._values import FOREIGN_KEYS, OUR_PREFIXES, _converter
 from ibkr_bridge.config.dsn import DatabaseConfig, redact_dsn
 from ibkr_bridge.config.settings import Settings, _cross_problems, setting_keys
+from ibkr_bridge.core.errors import ConfigError
 
 # --- loading ---------------------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from ibkr_bridge.config._keys import (
 )
 from ibkr_bridge.config._values import (
     ApiMode,
-    ConfigError,
     LogFormat,
     MissingLegs,
     _ByteSize,
@@ -52,6 +51,7 @@ from ibkr_bridge.config._values import (
     _Upper,
 )
 from ibkr_bridge.config.dsn import DatabaseConfig
+from ibkr_bridge.core.errors import ConfigError
 from ibkr_bridge.core.resetwindow import MAX_WEEKLY_HOURS, NORTH_AMERICA_WEEKLY, WeeklyWindow
 
 

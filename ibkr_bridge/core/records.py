@@ -121,8 +121,7 @@ def record_to_json(record: Record) -> str:
     return json.dumps(record_to_dict(record), separators=(",", ":"), allow_nan=False)
 
 
-class RecordFormatError(ValueError):
-    """A buffer line that is not a record this version understands."""
+from ibkr_bridge.core.errors import RecordFormatError as RecordFormatError  # noqa: E402
 
 
 def record_from_dict(obj: Mapping[str, Any]) -> Record:

@@ -15,6 +15,7 @@ from attrs import frozen
 from ibkr_bridge.config import (
     Settings,
 )
+from ibkr_bridge.core.errors import HandshakeError
 from ibkr_bridge.feeds.portal.feed import api_root
 from ibkr_bridge.ops._report import (
     _MAX_REPLY,
@@ -26,10 +27,6 @@ from ibkr_bridge.ops._report import (
 )
 
 # --- gateway: SOCKET -------------------------------------------------------------------
-
-
-class HandshakeError(Exception):
-    """The peer answered, but not like a TWS API server."""
 
 
 @frozen

@@ -36,10 +36,10 @@ from collections.abc import Mapping
 from ibkr_bridge.config import (
     ApiMode,
 )
+from ibkr_bridge.core.errors import HandshakeError
 from ibkr_bridge.ops._check_buffer import _rejected_rows, _size, check_buffer
 from ibkr_bridge.ops._check_config_db import check_configuration, check_database
 from ibkr_bridge.ops._check_gateway import (
-    HandshakeError,
     PortalAuth,
     TwsHandshake,
     check_portal_gateway,

@@ -43,9 +43,7 @@ HUGE_FRAME_CHUNK: Final = 1 << 20
 MAX_DECLARED_FRAME: Final = (1 << 32) - 1
 
 
-class FaultScriptError(ValueError):
-    """A fault script that cannot be run."""
-
+from ibkr_bridge.core.errors import FaultScriptError as FaultScriptError  # noqa: E402
 
 # Per fault: parameter name → (accepted Python types, required?)
 _NUM = (int, float)

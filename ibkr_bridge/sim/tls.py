@@ -25,8 +25,7 @@ from attrs import frozen
 DEFAULT_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
 
 
-class CertificateError(RuntimeError):
-    """The certificate could not be generated (no ``openssl``, or it failed)."""
+from ibkr_bridge.core.errors import CertificateError  # noqa: E402  (in core.errors)
 
 
 @frozen

@@ -30,10 +30,13 @@ from typing import Any
 import attrs
 import pytest
 
-from ibkr_bridge import ApiEvent, DurableWriter, GreeksRow, JsonlBuffer, Store
+from ibkr_bridge import ApiEvent, GreeksRow
 from ibkr_bridge.core.records import Record, record_to_json
+from ibkr_bridge.storage.buffer import JsonlBuffer
 from ibkr_bridge.storage.drain import drain_buffer
 from ibkr_bridge.storage.schema import apply_bridge_schema, legacy_underlying_rows
+from ibkr_bridge.storage.sink import DurableWriter
+from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -162,16 +162,7 @@ class Transition:
         return self.source == self.dest
 
 
-class IllegalTransition(ValueError):
-    """A trigger the machine's current state does not allow; the state is unchanged."""
-
-    def __init__(self, machine: str, state: str, trigger: str, reason: str = "") -> None:
-        self.machine = machine
-        self.state = state
-        self.trigger = trigger
-        self.reason = reason
-        message = f"{machine}: trigger {trigger!r} is not allowed in state {state}"
-        super().__init__(f"{message} ({reason})" if reason else message)
+from ibkr_bridge.core.errors import IllegalTransition  # noqa: E402  (in core.errors)
 
 
 @attrs.define(slots=False)

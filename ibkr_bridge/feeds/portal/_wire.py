@@ -12,7 +12,7 @@ from typing import Any, Final, Protocol, TypeVar
 import aiohttp
 from attrs import frozen
 
-from ibkr_bridge.core.errors import GatewayError
+from ibkr_bridge.core.errors import NeedsLoginError as NeedsLoginError
 from ibkr_bridge.core.greeks import (
     parse_portal_number,
 )
@@ -80,10 +80,6 @@ class PortalSettings(Protocol):
 
     @property
     def tickle_interval(self) -> float: ...
-
-
-class NeedsLoginError(GatewayError):
-    """Only a human login at the gateway (two-factor authentication) can restore the session."""
 
 
 class _NullListener:

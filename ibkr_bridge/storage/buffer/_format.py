@@ -15,7 +15,21 @@ from typing import Any, Final, TypeVar
 import attrs
 from attrs import frozen
 
-from ibkr_bridge.core.errors import BridgeError
+from ibkr_bridge.core.errors import (
+    BufferFormatError as BufferFormatError,
+)
+from ibkr_bridge.core.errors import (
+    BufferFullError as BufferFullError,
+)
+from ibkr_bridge.core.errors import (
+    BufferLockedError as BufferLockedError,
+)
+from ibkr_bridge.core.errors import (
+    BufferPathError as BufferPathError,
+)
+from ibkr_bridge.core.errors import (
+    JsonlBufferError as JsonlBufferError,
+)
 from ibkr_bridge.core.records import (
     SCHEMA_VERSION,
     ApiEvent,
@@ -55,29 +69,6 @@ _FIELDS: Final[dict[Any, frozenset[str]]] = {
 _QUARANTINE_FLUSH: Final = 1000
 
 T = TypeVar("T")
-
-
-class JsonlBufferError(BridgeError):
-    """Base of the buffer's own errors."""
-
-
-class BufferLockedError(JsonlBufferError):
-    """Another process holds the buffer's lock."""
-
-
-class BufferFullError(JsonlBufferError):
-    """An append would exceed ``max_bytes``; nothing was written."""
-
-
-class BufferFormatError(JsonlBufferError):
-    """The data file was written by an incompatible version; it was left untouched."""
-
-
-class BufferPathError(JsonlBufferError):
-    """The buffer path cannot be used as given (a symlink, a directory, not permitted).
-
-    A configuration problem: nothing was touched, and retrying cannot help.
-    """
 
 
 @frozen

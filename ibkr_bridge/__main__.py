@@ -1,35 +1,16 @@
 """``python -m ibkr_bridge`` / ``ibkr-bridge``: the command line of :mod:`ibkr_bridge.ops.cli`.
 
-Without a command it runs the service, exactly like ``ibkr-bridge run``.
+Without a command it runs the service, exactly like ``ibkr-bridge run``. The exit codes are
+in :mod:`ibkr_bridge.ops.exitcodes`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ibkr_bridge.ops.cli import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_LOCKED,
-    EXIT_OK,
-    EXIT_SCHEMA,
-    build_parser,
-    cmd_run,
-    main,
-    serve,
-)
+from ibkr_bridge.ops.cli import main
 
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_FAILURE",
-    "EXIT_LOCKED",
-    "EXIT_OK",
-    "EXIT_SCHEMA",
-    "build_parser",
-    "cmd_run",
-    "main",
-    "serve",
-]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -112,7 +112,8 @@ def test_a_stale_drawing_is_found_and_regenerated(tmp_path: Path) -> None:
     doc.write_text(f"intro\n{error_tree.START}\nold drawing\n{error_tree.END}\nrest\n")
     assert error_tree.stale_files([doc]) == [doc]
     fixed = error_tree.with_tree(doc.read_text(), doc)
-    assert fixed.startswith("intro\n") and fixed.endswith(f"{error_tree.END}\nrest\n")
+    assert fixed.startswith("intro\n")
+    assert fixed.endswith(f"{error_tree.END}\nrest\n")
     assert "├── ConfigError (ValueError)" in fixed
     doc.write_text(fixed)
     assert error_tree.stale_files([doc]) == []

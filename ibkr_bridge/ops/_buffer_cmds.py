@@ -10,28 +10,22 @@ import sys
 from typing import TYPE_CHECKING, Final, TextIO
 
 from ibkr_bridge.config import Settings
-from ibkr_bridge.core.errors import SchemaError, StoreError
+from ibkr_bridge.core.errors import JsonlBufferError, StoreError
 from ibkr_bridge.core.redaction import redact_secrets
-from ibkr_bridge.ops.exitcodes import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_LOCKED,
-    EXIT_OK,
-    EXIT_SCHEMA,
-)
-from ibkr_bridge.storage.buffer import (
-    BufferFormatError,
-    BufferLockedError,
-    BufferPathError,
-    JsonlBuffer,
-    JsonlBufferError,
-)
+from ibkr_bridge.ops.exitcodes import EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, exit_code_for
+from ibkr_bridge.storage.buffer import JsonlBuffer
 
 if TYPE_CHECKING:
     from ibkr_bridge.storage.drain import DrainProgress
     from ibkr_bridge.storage.replay import ReplayReport
 
-from ibkr_bridge.ops._common import PROG, _describe, _open_store, _settings_or_exit
+from ibkr_bridge.ops._common import (
+    PROG,
+    _describe,
+    _open_store,
+    _schema_or_exit,
+    _settings_or_exit,
+)
 
 log = logging.getLogger("ibkr_bridge")
 
@@ -100,14 +94,9 @@ async def _drain(settings: Settings, buffer: JsonlBuffer) -> int:
     where = settings.database.redacted()
     store = await _open_store(settings)
     try:
-        try:
-            await store.ensure_schema()
-        except SchemaError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return EXIT_SCHEMA
-        except StoreError as exc:
-            print(f"{PROG}: {where}: {exc}; nothing drained", file=sys.stderr)
-            return EXIT_FAILURE
+        refused = await _schema_or_exit(settings, store, "nothing drained")
+        if refused is not None:
+            return refused
         pending = buffer.count_pending()
         if not pending:
             print(f"{buffer.path}: nothing to drain")
@@ -149,15 +138,12 @@ def cmd_buffer_drain(args: argparse.Namespace) -> int:
     buffer = JsonlBuffer(settings.buffer_path, max_bytes=settings.buffer_max_bytes)
     try:
         buffer.open()
-    except BufferLockedError as exc:
-        print(f"{PROG}: refusing to drain: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except (BufferPathError, BufferFormatError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except (JsonlBufferError, OSError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        code = exit_code_for(exc)
+        print(
+            f"{PROG}: {'refusing to drain: ' if code == EXIT_LOCKED else ''}{exc}", file=sys.stderr
+        )
+        return code
     try:
         return asyncio.run(_drain(settings, buffer))
     finally:
@@ -226,21 +212,15 @@ async def _replay(settings: Settings, apply: bool) -> ReplayReport | int:
     from ibkr_bridge.storage.replay import replay_rejected
 
     rejects = RejectedFile(settings.buffer_path)
-    where = settings.database.redacted()
     if not apply:
         return await replay_rejected(rejects, None)
     if not rejects.path.exists():
         return await replay_rejected(rejects, None)  # the same "no file" answer, no database
     store = await _open_store(settings)
     try:
-        try:
-            await store.ensure_schema()
-        except SchemaError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return EXIT_SCHEMA
-        except StoreError as exc:
-            print(f"{PROG}: {where}: {exc}; nothing sent", file=sys.stderr)
-            return EXIT_FAILURE
+        refused = await _schema_or_exit(settings, store, "nothing sent")
+        if refused is not None:
+            return refused
         try:
             return await replay_rejected(rejects, store, batch_size=settings.batch_size)
         except BlockingIOError:

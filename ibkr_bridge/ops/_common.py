@@ -9,10 +9,9 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 from ibkr_bridge.config import ConfigError, LogFormat, Settings, load_settings
+from ibkr_bridge.core.errors import SchemaError, StoreError
 from ibkr_bridge.core.redaction import redact_secrets
-from ibkr_bridge.ops.exitcodes import (
-    EXIT_CONFIG,
-)
+from ibkr_bridge.ops.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_SCHEMA
 from ibkr_bridge.ops.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -64,3 +63,16 @@ async def _open_store(settings: Settings) -> Store:
         connect_timeout=settings.db_connect_timeout,
         command_timeout=settings.db_command_timeout,
     )
+
+
+async def _schema_or_exit(settings: Settings, store: Store, nothing_done: str) -> int | None:
+    """None once the tables are ready, else the exit code after printing why not."""
+    try:
+        await store.ensure_schema()
+    except SchemaError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA
+    except StoreError as exc:
+        print(f"{PROG}: {settings.database.redacted()}: {exc}; {nothing_done}", file=sys.stderr)
+        return EXIT_FAILURE
+    return None

@@ -33,132 +33,22 @@ Heavy modules are imported by the command that needs them, so ``--help`` stays q
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
-import logging
-import signal
-import sys
 import textwrap
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-from ibkr_bridge.config import ConfigError, Settings
-from ibkr_bridge.core.errors import SchemaError
-from ibkr_bridge.ops.exitcodes import (
-    EXIT_CODES_HELP,
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_LOCKED,
-    EXIT_OK,
-    EXIT_SCHEMA,
-)
-from ibkr_bridge.ops.logs import configure_logging
-from ibkr_bridge.storage.buffer import (
-    BufferFormatError,
-    BufferLockedError,
-    BufferPathError,
-    JsonlBufferError,
-)
-
-if TYPE_CHECKING:
-    pass
+from collections.abc import Callable, Sequence
 
 from ibkr_bridge.ops._buffer_cmds import (
     cmd_buffer_drain,
     cmd_buffer_replay_rejected,
     cmd_buffer_status,
 )
-from ibkr_bridge.ops._common import PROG, _environ, _settings
+from ibkr_bridge.ops._check_cmd import cmd_check
+from ibkr_bridge.ops._common import PROG
+from ibkr_bridge.ops._run_cmd import cmd_run, serve
 from ibkr_bridge.ops._schema_cmd import cmd_schema
+from ibkr_bridge.ops._sim_cmd import cmd_sim
+from ibkr_bridge.ops.exitcodes import EXIT_CODES_HELP
 
-log = logging.getLogger("ibkr_bridge")
-
-__all__ = [
-    "EXIT_CODES_HELP",
-    "EXIT_CONFIG",
-    "EXIT_FAILURE",
-    "EXIT_LOCKED",
-    "EXIT_OK",
-    "EXIT_SCHEMA",
-    "build_parser",
-    "cmd_run",
-    "main",
-    "serve",
-]
-
-
-# --- run -------------------------------------------------------------------------------
-
-
-async def serve(settings: Settings) -> int:
-    """Run the bridge until a signal asks it to stop."""
-    from ibkr_bridge.service.bridge import Bridge
-
-    bridge = Bridge(settings)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await bridge.start()
-    log.info("ibkr-bridge running in %s mode; stop with Ctrl-C or SIGTERM", settings.api_mode)
-    try:
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        await bridge.stop()
-    return EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        settings = _settings(args)
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure_logging(settings.log_format, settings.log_level)
-    for key in settings.unknown_keys:
-        log.warning("unknown setting %s ignored (a typo?)", key)
-    try:
-        return asyncio.run(serve(settings))
-    except SchemaError as exc:
-        log.error("%s", exc)
-        return EXIT_SCHEMA
-    except BufferLockedError as exc:
-        log.error("%s", exc)
-        return EXIT_LOCKED
-    except (BufferPathError, BufferFormatError) as exc:
-        # A person must fix the path or the file: the unit does not restart on this code.
-        log.error("cannot start: %s", exc)
-        return EXIT_CONFIG
-    except (OSError, JsonlBufferError) as exc:
-        # e.g. a buffer file that cannot be read or created: one clear line, no traceback.
-        log.error("cannot start: %s", exc)
-        return EXIT_FAILURE
-
-
-# --- check -----------------------------------------------------------------------------
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    from ibkr_bridge.ops.doctor import render_table, run_checks
-
-    report = asyncio.run(run_checks(_environ(args), args.env_file))
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2, default=str))
-    else:
-        print(render_table(report))
-    return report.exit_code
-
-
-# --- sim -------------------------------------------------------------------------------
-
-
-def cmd_sim(args: argparse.Namespace) -> int:
-    from ibkr_bridge.sim.__main__ import main as sim_main
-
-    return sim_main(["--log-level", args.log_level, args.simulator, *args.sim_args])
+__all__ = ["build_parser", "cmd_run", "main", "serve"]
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -197,49 +87,73 @@ def _config_options(parser: argparse.ArgumentParser, *, mode: bool, top: bool = 
         )
 
 
+class _Subcommands:
+    """Adds subcommands that all show the exit codes and keep their line breaks."""
+
+    def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.sub = sub
+
+    def __call__(
+        self,
+        name: str,
+        help_text: str,
+        description: str,
+        func: Callable[[argparse.Namespace], int] | None = None,
+        *,
+        mode: bool | None = None,
+        json_help: str | None = None,
+    ) -> argparse.ArgumentParser:
+        """``mode``: None reads no settings, else whether ``--mode`` is offered too."""
+        parser = self.sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=_Formatter,
+        )
+        if mode is not None:
+            _config_options(parser, mode=mode)
+        if json_help is not None:
+            parser.add_argument("--json", action="store_true", help=json_help)
+        if func is not None:
+            parser.set_defaults(func=func)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    formatter = _Formatter
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Feed PostgreSQL with an Interactive Brokers portfolio's net Greeks. "
         "Without a command, runs the service (like `run`).",
         epilog=EXIT_CODES_HELP,
-        formatter_class=formatter,
+        formatter_class=_Formatter,
     )
     from ibkr_bridge.core._version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _config_options(parser, mode=True, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    command = _Subcommands(sub)
 
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=EXIT_CODES_HELP,
-            formatter_class=formatter,
-        )
-
-    run = command(
+    command(
         "run",
         "run the service (the default)",
         "Run the bridge until SIGINT or SIGTERM: configuration from .env and the "
         "environment; the tables are created if absent.",
+        cmd_run,
+        mode=True,
     )
-    _config_options(run, mode=True)
-    run.set_defaults(func=cmd_run)
 
-    check = command(
+    command(
         "check",
         "check configuration, database, gateway and buffer",
         "Validate the configuration, reach the database (and check the tables' shape), "
         "reach the gateway without taking a client id (SOCKET: version handshake only; "
         "PORTAL: GET /iserver/auth/status) and inspect the buffer. Changes nothing.",
+        cmd_check,
+        mode=True,
+        json_help="print a JSON object, not a table",
     )
-    _config_options(check, mode=True)
-    check.add_argument("--json", action="store_true", help="print a JSON object, not a table")
-    check.set_defaults(func=cmd_check)
 
     schema = command(
         "schema",
@@ -250,56 +164,52 @@ def build_parser() -> argparse.ArgumentParser:
         "every row. A change only a human should make (a wrong column type, a NOT NULL) "
         "is printed with its ALTER and makes --apply refuse, exit code 3. --ddl prints the "
         "tables' DDL without connecting.",
+        cmd_schema,
+        mode=False,
     )
-    _config_options(schema, mode=False)
     what = schema.add_mutually_exclusive_group()
     what.add_argument("--apply", action="store_true", help="create and upgrade the tables now")
     what.add_argument("--ddl", action="store_true", help="print the DDL only, connect nowhere")
-    schema.set_defaults(func=cmd_schema)
 
     buffer = command(
         "buffer",
         "inspect or drain the crash-safe buffer",
         "The JSONL buffer (BRIDGE_BUFFER_PATH) holds rows while the database is unreachable.",
     )
-    buffer_sub = buffer.add_subparsers(dest="buffer_command", metavar="ACTION", required=True)
-    status = buffer_sub.add_parser(
-        "status",
-        help="pending records, oldest/newest, size, quarantined and rejected lines",
-        description="Show what the buffer holds, read-only (works while a bridge runs).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=formatter,
+    action = _Subcommands(
+        buffer.add_subparsers(dest="buffer_command", metavar="ACTION", required=True)
     )
-    _config_options(status, mode=False)
-    status.add_argument("--json", action="store_true", help="print a JSON object")
-    status.set_defaults(func=cmd_buffer_status)
-    drain = buffer_sub.add_parser(
+    action(
+        "status",
+        "pending records, oldest/newest, size, quarantined and rejected lines",
+        "Show what the buffer holds, read-only (works while a bridge runs).",
+        cmd_buffer_status,
+        mode=False,
+        json_help="print a JSON object",
+    )
+    action(
         "drain",
-        help="write the pending records into the database now",
-        description="Drain the buffer into the database now (a progress bar on a terminal, "
+        "write the pending records into the database now",
+        "Drain the buffer into the database now (a progress bar on a terminal, "
         "one line per batch otherwise). Refuses, with exit code 4, while a running bridge "
         "holds the buffer: that bridge drains it itself.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=formatter,
+        cmd_buffer_drain,
+        mode=False,
     )
-    _config_options(drain, mode=False)
-    drain.set_defaults(func=cmd_buffer_drain)
-    replay = buffer_sub.add_parser(
+    replay = action(
         "replay-rejected",
-        help="send the records PostgreSQL refused (dry run unless --apply)",
-        description="Send the records kept in <buffer>.rejected again, once the cause is "
+        "send the records PostgreSQL refused (dry run unless --apply)",
+        "Send the records kept in <buffer>.rejected again, once the cause is "
         "fixed. Without --apply: say what would be sent (by kind and by the reason it was "
         "rejected) and send nothing. With --apply: validate each record as a live row, "
         "write it idempotently (a record already in the database is skipped) and rewrite "
         "the file with only what still fails. Safe next to a running bridge and safe to run "
         "twice. Exit code 1 when anything stays in the file.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=formatter,
+        cmd_buffer_replay_rejected,
+        mode=False,
+        json_help="print a JSON object",
     )
-    _config_options(replay, mode=False)
     replay.add_argument("--apply", action="store_true", help="send them now")
-    replay.add_argument("--json", action="store_true", help="print a JSON object")
-    replay.set_defaults(func=cmd_buffer_replay_rejected)
 
     sim = command(
         "sim",
@@ -311,13 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Once it accepts connections it prints one `listening ...` line on stdout (for "
         "portal: the URL and the certificate to trust with IBKR_GATEWAY_CA). See "
         "`ibkr-bridge sim socket --help` and `ibkr-bridge sim portal --help`.",
+        cmd_sim,
     )
     sim.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
     sim.add_argument("simulator", choices=["socket", "portal"], help="which API to simulate")
     sim.add_argument(
         "sim_args", nargs=argparse.REMAINDER, metavar="...", help="the simulator's options"
     )
-    sim.set_defaults(func=cmd_sim)
 
     parser.set_defaults(func=cmd_run)
     return parser

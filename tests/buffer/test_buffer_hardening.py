@@ -32,7 +32,7 @@ from ibkr_bridge.core.records import (
     record_to_dict,
     record_to_json,
 )
-from ibkr_bridge.ops.cli import EXIT_CONFIG
+from ibkr_bridge.ops.exitcodes import EXIT_CONFIG
 from ibkr_bridge.storage.buffer import BufferPathError, JsonlBuffer, format_line, inspect_buffer
 from ibkr_bridge.storage.buffer import _format as buffer_module
 from ibkr_bridge.storage.drain import DrainProgress, RejectedFile, drain_buffer

@@ -1057,3 +1057,38 @@ def test_a_huge_integer_is_shown_cut() -> None:
     assert "out of range" in problem
     assert "(234 digits)" in problem
     assert len(problem) <= 2 * SHOWN_CHARS + 120
+
+
+# --- declarations as data (settings.toml) ------------------------------------------------
+
+
+def test_every_field_of_settings_toml_is_a_typed_field_of_settings() -> None:
+    from ibkr_bridge.config import _declared
+
+    tables = _declared._tables()
+    declared_fields = [name for key, t in tables.items() for name in t.get("fields", [key])]
+    names = [a.name for a in attrs.fields(Settings)]
+    assert names[: len(declared_fields)] == declared_fields
+    assert names[len(declared_fields) :] == ["database", "unknown_keys"]
+
+
+def test_a_table_without_its_annotation_is_refused_at_import() -> None:
+    from ibkr_bridge.config._declared import declared
+
+    class Missing:
+        api_mode: str  # the file declares many more fields than this
+
+    with pytest.raises(TypeError, match="socket_host"):
+        declared(Missing)
+
+
+def test_default_of_is_the_typed_default_of_a_loaded_record() -> None:
+    from ibkr_bridge.config import default_of
+
+    loaded = load_settings({}, use_dotenv=False)
+    for field in attrs.fields(Settings)[:-2]:
+        assert default_of(field.name) == getattr(loaded, field.name), field.name
+    assert default_of("retry_interval") == 60.0
+    assert default_of("reset_window_end") == time(23, 59, 59)
+    with pytest.raises(KeyError):
+        default_of("no_such_setting")

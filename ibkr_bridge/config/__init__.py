@@ -5,13 +5,14 @@ The package: :mod:`~ibkr_bridge.config.settings` (the Settings record),
 :mod:`~ibkr_bridge.config.loading`, :mod:`~ibkr_bridge.config.reference` (generated files),
 and private helpers (values and converter, checks and bounds, declarations).
 
-Every setting is declared once, as an attrs field carrying a :class:`SettingKey` (variable
-name, type description, default as written in ``.env``, one-line meaning, and its limits:
-``bounds`` for a number, ``max_length`` for the raw text). From those declarations come the
+Every setting is declared once, as a table of ``settings.toml`` (variable name, type
+description, default as written in ``.env``, one-line meaning, and its limits: ``bounds``
+for a number, ``max_length`` for the raw text), which becomes an attrs field carrying a
+:class:`SettingKey`. From those declarations come the
 loader, ``docs/configuration.md`` and ``.env.example``, so the three cannot drift apart (a
 test compares the committed files with freshly generated ones).
 
-Limits are data on the declaration: ``_setting(..., bounds=Bounds(0.1, 3600, "s"))`` for
+Limits are data on the declaration: ``bounds = [0.1, 3600]`` and ``unit = "s"`` for
 a number (a test fails for any numeric setting without bounds), ``max_length=N`` for text
 (default DEFAULT_MAX_LENGTH). Every value's raw text is refused when it is longer than its
 ``max_length`` or holds a control character, before any parsing; values quoted in errors
@@ -40,6 +41,10 @@ Public API:
     String enums for ``IB_API_MODE``, ``BRIDGE_LOG_FORMAT`` and ``BRIDGE_MISSING_LEGS``.
 ``ConfigError(BridgeError, ValueError)``
     ``.problems`` is a tuple of ``"VARIABLE: what is wrong"`` lines.
+``default_of(name) -> Any``
+    The typed default of a field (``default_of("retry_interval") == 60.0``): what a
+    lower-level constructor uses as its own default, so that each default is written once,
+    in ``settings.toml``.
 ``SettingKey``, ``setting_keys()``, ``Bounds``
     The declarations, for tooling; ``key.range_text()`` is the documented range.
     ``OUR_PREFIXES``, ``FOREIGN_KEYS`` (our-prefixed
@@ -54,6 +59,7 @@ Public API:
 from __future__ import annotations
 
 from ibkr_bridge.config._checks import Bounds
+from ibkr_bridge.config._declared import default_of
 from ibkr_bridge.config._keys import SettingKey
 from ibkr_bridge.config._values import (
     FOREIGN_KEYS,
@@ -89,5 +95,6 @@ __all__ = [
     "redact_dsn",
     "render_configuration_doc",
     "render_env_example",
+    "default_of",
     "setting_keys",
 ]

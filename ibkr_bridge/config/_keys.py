@@ -10,8 +10,8 @@ from typing import Any
 import attrs
 from attrs import field, frozen
 
-from ibkr_bridge.config._checks import _MAX_DELAYS, Bounds, Check, _validate, _window
-from ibkr_bridge.config._values import _METADATA, DEFAULT_MAX_LENGTH, _converter, _Seconds, _Window
+from ibkr_bridge.config._checks import _MAX_DELAYS, Bounds, Check, _validate
+from ibkr_bridge.config._values import _METADATA, DEFAULT_MAX_LENGTH, _converter, _Seconds
 
 # --- declarations ----------------------------------------------------------------------
 
@@ -79,18 +79,6 @@ def _setting(
         env, kind, default, meaning, parse_as, check, secret, strip, bounds, max_length, range_note
     )
     return _field(key)
-
-
-_RESET_WINDOW = SettingKey(
-    "BRIDGE_RESET_WINDOW",
-    "HH:MM-HH:MM",
-    "23:40-23:59",
-    "IBKR nightly reset window, local time in BRIDGE_RESET_TZ, both ends inclusive (an end "
-    "written HH:MM covers its whole minute); it may wrap past midnight",
-    _Window,
-    _window,
-    max_length=32,
-)
 
 
 def _fields_with_keys(cls: type) -> Iterator[tuple[str, SettingKey, int | None]]:

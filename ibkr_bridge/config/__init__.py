@@ -90,11 +90,11 @@ __all__ = [
     "MissingLegs",
     "SettingKey",
     "Settings",
+    "default_of",
     "load_settings",
     "main",
     "redact_dsn",
     "render_configuration_doc",
     "render_env_example",
-    "default_of",
     "setting_keys",
 ]

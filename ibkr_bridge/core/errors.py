@@ -46,32 +46,6 @@ from collections.abc import Iterable
 #: No problem line of a ConfigError is longer than this.
 PROBLEM_CHARS = 400
 
-__all__ = [
-    "PROBLEM_CHARS",
-    "AccountSelectionError",
-    "BridgeError",
-    "BufferFormatError",
-    "BufferFullError",
-    "BufferLockedError",
-    "BufferPathError",
-    "CertificateError",
-    "ConfigError",
-    "FaultScriptError",
-    "FrameError",
-    "GatewayError",
-    "HandshakeError",
-    "IllegalTransition",
-    "JsonlBufferError",
-    "LifecycleError",
-    "NeedsLoginError",
-    "PermanentStoreError",
-    "RecordFormatError",
-    "RejectedFileChangedError",
-    "SchemaError",
-    "StoreError",
-    "TransientStoreError",
-]
-
 
 class BridgeError(Exception):
     """Anything ibkr-bridge raises on purpose."""

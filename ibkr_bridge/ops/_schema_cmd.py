@@ -7,20 +7,15 @@ import asyncio
 import contextlib
 import logging
 import sys
-from typing import TYPE_CHECKING
 
 from ibkr_bridge.config import Settings
 from ibkr_bridge.core.errors import SchemaError
+from ibkr_bridge.ops._common import PROG, _describe, _settings_or_exit
 from ibkr_bridge.ops.exitcodes import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_SCHEMA,
 )
-
-if TYPE_CHECKING:
-    pass
-
-from ibkr_bridge.ops._common import PROG, _describe, _settings_or_exit
 
 log = logging.getLogger("ibkr_bridge")
 

@@ -20,14 +20,16 @@ Commands:
 ``sim socket|portal``
     Runs an IBKR simulator: ``python -m ibkr_bridge.sim`` (its options follow the name).
 
-Exit codes (:data:`EXIT_OK` ...): 0 ok; 1 a check failed or a runtime failure; 2 bad
+Exit codes (:mod:`ibkr_bridge.ops.exitcodes`): 0 ok; 1 a check failed or a runtime failure; 2 bad
 configuration or usage (argparse's own 2), including a buffer path that cannot be used as
 given (a symlink, a directory, not permitted, a file of an unknown version); 3 the bridge's
 tables exist in a shape it cannot write to; 4 the buffer is locked by another running bridge
 (for ``replay-rejected``: another replay is running). ``replay-rejected`` exits 1 when anything
 stays in ``.rejected``.
 
-Heavy modules are imported by the command that needs them, so ``--help`` stays quick.
+One module per command (``_run_cmd``, ``_check_cmd``, ``_schema_cmd``, ``_buffer_cmds``,
+``_sim_cmd``); heavy modules are imported by the command that needs them, so ``--help`` stays
+quick.
 """
 
 from __future__ import annotations

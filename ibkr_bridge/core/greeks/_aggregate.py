@@ -49,6 +49,15 @@ class Leg:
     theta: float | None = None
     underlying_price: float | None = None
     ib_sentinels: bool = True
+    # What per-position rows and the model fallback need; a feed fills what it knows.
+    account: str = ""
+    local_symbol: str = ""  # the contract's own symbol, e.g. "SPY   270115C00500000"
+    right: str | None = None
+    strike: float | None = None
+    expiry: str | None = None  # YYYYMMDD, IB's lastTradeDateOrContractMonth
+    implied_vol: float | None = None  # IB's, per one (0.25 = 25 %)
+    option_price: float | None = None  # the option's mid, to imply a volatility from
+    greeks_source: str = "ib"  # "model" once core.greeks.apply_model filled them
 
 
 def row_key(account: str, contract: str, timestamp: datetime, api_mode: str) -> str:

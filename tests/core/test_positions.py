@@ -207,3 +207,19 @@ def test_ib_greeks_are_kept_when_present() -> None:
     (got,), _ = apply_model([leg], now=NOW, rate=0.04)
     assert got is leg
     assert not needs_model(Leg(conid=1, symbol="SPY", sec_type="STK", quantity=1))
+
+
+def test_the_net_row_counts_legs_by_source() -> None:
+    expiry, now = _expiry_in(30)
+    ib_leg = Leg(conid=5, symbol="SPY", sec_type="OPT", quantity=1, delta=0.4, gamma=0.01,
+                 vega=0.1, theta=-0.05, underlying_price=480.0)  # fmt: skip
+    legs, omit = apply_model(
+        [ib_leg, _sentinel_leg("OPT", expiry, implied_vol=0.3)], now=now, rate=0.04
+    )
+    (row,) = aggregate(legs, account="U1", timestamp=now, api_mode="SOCKET", omit=omit)
+    assert (row.legs, row.legs_missing, row.legs_model) == (2, 0, 1)
+    # Without the model the same leg is missing, never counted as the model's.
+    (row,) = aggregate(
+        [ib_leg, _sentinel_leg("OPT", expiry)], account="U1", timestamp=now, api_mode="SOCKET"
+    )
+    assert (row.legs, row.legs_missing, row.legs_model) == (2, 1, 0)

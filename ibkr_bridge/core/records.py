@@ -73,6 +73,7 @@ class GreeksRow:
     )
     legs: int = 0
     legs_missing: int = 0
+    legs_model: int = 0  # option legs counted with model Greeks (BRIDGE_GREEKS_FALLBACK)
     key: str = field(factory=new_key)
 
     type: ClassVar[Literal["greeks"]] = "greeks"

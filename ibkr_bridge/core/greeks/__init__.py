@@ -16,12 +16,21 @@ Rules (see ``docs/greeks.md``):
   written from the other legs with the leg counted in ``legs_missing`` (``partial``).
 
 Modules: ``_values`` (cleaning numbers), ``_aggregate`` (legs and aggregate),
-``staleness`` (judge_legs).
+``staleness`` (judge_legs), ``_model`` (model Greeks where IB has none, BRIDGE_GREEKS_FALLBACK),
+``_positions`` (per-position rows and per-account nets from the same snapshot).
 """
 
 from __future__ import annotations
 
 from ibkr_bridge.core.greeks._aggregate import Leg, aggregate, flat_row, row_key
+from ibkr_bridge.core.greeks._model import apply_model, model_greeks, needs_model, years_to_expiry
+from ibkr_bridge.core.greeks._positions import (
+    ALL_ACCOUNTS,
+    PositionRow,
+    aggregate_accounts,
+    position_key,
+    position_rows,
+)
 from ibkr_bridge.core.greeks._values import (
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
@@ -43,6 +52,7 @@ from ibkr_bridge.core.greeks.staleness import (
 )
 
 __all__ = [
+    "ALL_ACCOUNTS",
     "FUTURE_SEC_TYPES",
     "OPTION_SEC_TYPES",
     "PORTFOLIO",
@@ -53,13 +63,21 @@ __all__ = [
     "LegGreeks",
     "LegProblem",
     "LegsVerdict",
+    "PositionRow",
     "aggregate",
+    "aggregate_accounts",
+    "apply_model",
     "clean_greek",
     "clean_portal_greek",
     "clean_price",
     "flat_row",
     "judge_legs",
+    "model_greeks",
     "multiplier_from",
+    "needs_model",
     "parse_portal_number",
+    "position_key",
+    "position_rows",
     "row_key",
+    "years_to_expiry",
 ]

@@ -49,6 +49,15 @@ class Leg:
     theta: float | None = None
     underlying_price: float | None = None
     ib_sentinels: bool = True
+    # What per-position rows and the model fallback need; a feed fills what it knows.
+    account: str = ""
+    local_symbol: str = ""  # the contract's own symbol, e.g. "SPY   270115C00500000"
+    right: str | None = None
+    strike: float | None = None
+    expiry: str | None = None  # YYYYMMDD, IB's lastTradeDateOrContractMonth
+    implied_vol: float | None = None  # IB's, per one (0.25 = 25 %)
+    option_price: float | None = None  # the option's mid, to imply a volatility from
+    greeks_source: str = "ib"  # "model" once core.greeks.apply_model filled them
 
 
 def row_key(account: str, contract: str, timestamp: datetime, api_mode: str) -> str:
@@ -92,6 +101,7 @@ class _Net:
     dollar_delta: float | None
     legs: int
     legs_missing: int
+    legs_model: int = 0
 
 
 def _underlying_price(
@@ -117,6 +127,7 @@ def _net_of_underlying(
     vega: list[float | None] = []
     theta: list[float | None] = []
     missing = 0
+    model = 0
     for leg in legs:
         if leg.sec_type in OPTION_SEC_TYPES and leg.conid in omit:
             # No current Greeks: counted, never summed (as 0 or as an old value).
@@ -127,6 +138,8 @@ def _net_of_underlying(
             greeks = [clean(g) for g in (leg.delta, leg.gamma, leg.vega, leg.theta)]
             if any(g is None for g in greeks):
                 missing += 1
+            elif leg.greeks_source == "model":
+                model += 1
             for column, greek in zip((delta, gamma, vega, theta), greeks, strict=True):
                 column.append(_times(size, greek))
         else:
@@ -147,6 +160,7 @@ def _net_of_underlying(
         dollar_delta=_times(net_delta, price),
         legs=len(legs),
         legs_missing=missing,
+        legs_model=model,
     )
 
 
@@ -166,6 +180,7 @@ def _row(
         dollar_delta=net.dollar_delta,
         legs=net.legs,
         legs_missing=net.legs_missing,
+        legs_model=net.legs_model,
         key=row_key(account, contract, timestamp, api_mode),
     )
 
@@ -216,6 +231,7 @@ def aggregate(
             dollar_delta=_sum(n.dollar_delta for n in parts),
             legs=sum(n.legs for n in parts),
             legs_missing=sum(n.legs_missing for n in parts),
+            legs_model=sum(n.legs_model for n in parts),
         )
     named = [(PORTFOLIO, portfolio)] + (list(nets.items()) if len(nets) > 1 else [])
     return [

@@ -41,7 +41,7 @@ def test_the_package_keeps_its_layers() -> None:
     [
         ("core/records.py", "from ibkr_bridge.storage import store", "Layers"),
         ("config/settings.py", "from ibkr_bridge.feeds import protocol", "Layers"),
-        ("storage/sink.py", "from ibkr_bridge.service import bridge", "Layers"),
+        ("storage/sink/__init__.py", "from ibkr_bridge.service import bridge", "Layers"),
         ("storage/store.py", "from ibkr_bridge.feeds import ratelimit", "Layers"),
         ("core/clock.py", "import aiohttp", "The pure core imports no IO library"),
         ("service/health.py", "from ibkr_bridge.service import bridge", "No cycle"),

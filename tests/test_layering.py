@@ -41,12 +41,16 @@ def test_the_package_keeps_its_layers() -> None:
     [
         ("core/records.py", "from ibkr_bridge.storage import store", "Layers"),
         ("config/settings.py", "from ibkr_bridge.feeds import protocol", "Layers"),
-        ("storage/sink.py", "from ibkr_bridge.service import bridge", "Layers"),
-        ("storage/store.py", "from ibkr_bridge.feeds import ratelimit", "Layers"),
+        ("storage/sink/__init__.py", "from ibkr_bridge.service import bridge", "Layers"),
+        ("storage/store/__init__.py", "from ibkr_bridge.feeds import ratelimit", "Layers"),
         ("core/clock.py", "import aiohttp", "The pure core imports no IO library"),
         ("service/health.py", "from ibkr_bridge.service import bridge", "No cycle"),
         ("ops/doctor.py", "from ibkr_bridge.ops import cli", "No cycle"),
-        ("storage/store.py", "from ibkr_bridge import testing", "simulators or the test helpers"),
+        (
+            "storage/store/__init__.py",
+            "from ibkr_bridge import testing",
+            "simulators or the test helpers",
+        ),
     ],
 )
 def test_a_wrong_import_breaks_the_contract(

@@ -11,7 +11,11 @@ Public API (every trigger also takes an optional aware ``wall`` for the log reco
 
 ``BreakerState`` StrEnum: ``CLOSED``, ``OPEN``, ``HALF_OPEN``.
 
-``CircuitBreaker(retry_interval: float = 60.0)``
+``Route`` StrEnum: ``DIRECT`` (straight to PostgreSQL), ``BUFFER`` (behind what waits).
+
+``DEFAULT_RETRY_INTERVAL`` 60.0 seconds: the one definition of the retry interval's default.
+
+``CircuitBreaker(retry_interval: float = DEFAULT_RETRY_INTERVAL)``
     ``state``, ``buffering`` (True in OPEN and HALF_OPEN), ``opened_at`` (monotonic time
     of the last opening, None when CLOSED), ``next_retry_at`` (``opened_at +
     retry_interval`` in OPEN, else None), ``probe_held``, ``retry_interval``.
@@ -30,6 +34,13 @@ Public API (every trigger also takes an optional aware ``wall`` for the log reco
 
     ``drained(now, *, wall=None) -> bool``  HALF_OPEN->CLOSED; the caller must hold the
     probe (the drain task reports it after the buffer is empty).
+
+    ``route(*, buffer_empty: bool) -> Route``  ``DIRECT`` only while CLOSED with nothing
+    waiting (a direct write would overtake what waits); ``BUFFER`` otherwise. Pure query.
+
+    ``trip(now, *, wall=None, error=None) -> bool``  what a writer reports a failure with:
+    ``failure`` unless the breaker is already OPEN, where it changes nothing and returns
+    False (rows keep waiting; the retry deadline is not pushed back).
 
     Triggers raise ``IllegalTransition`` in states with no rule for them; ``probe_done``
     and ``drained`` also raise when the probe is not held.
@@ -51,13 +62,30 @@ import transitions
 
 from ibkr_bridge.core.machines.base import MachineSpec, Rule, StateMachine
 
-__all__ = ["SPEC", "TRANSITIONS", "BreakerState", "CircuitBreaker"]
+__all__ = [
+    "DEFAULT_RETRY_INTERVAL",
+    "SPEC",
+    "TRANSITIONS",
+    "BreakerState",
+    "CircuitBreaker",
+    "Route",
+]
+
+# Seconds between retries while PostgreSQL is unreachable, when nobody says otherwise.
+DEFAULT_RETRY_INTERVAL: Final = 60.0
 
 
 class BreakerState(StrEnum):
     CLOSED = "CLOSED"
     OPEN = "OPEN"
     HALF_OPEN = "HALF_OPEN"
+
+
+class Route(StrEnum):
+    """Where a new batch goes."""
+
+    DIRECT = "direct"  # straight to PostgreSQL
+    BUFFER = "buffer"  # to the crash-safe buffer, behind whatever waits there
 
 
 _C, _O, _H = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
@@ -102,7 +130,8 @@ SPEC: Final = MachineSpec(
     title="PostgreSQL circuit breaker",
     summary=(
         "Decides where a row goes: straight to PostgreSQL (CLOSED) or to the crash-safe "
-        "buffer (OPEN, HALF_OPEN). After `retry_interval` seconds (60 by default) OPEN "
+        "buffer (OPEN, HALF_OPEN). After `retry_interval` seconds "
+        f"({DEFAULT_RETRY_INTERVAL:g} by default) OPEN "
         "becomes HALF_OPEN; exactly one probe, the drain task, then replays the buffer. "
         "A failed probe re-opens the breaker; an empty buffer closes it."
     ),
@@ -127,7 +156,7 @@ class CircuitBreaker(StateMachine[BreakerState]):
 
     SPEC = SPEC
 
-    def __init__(self, retry_interval: float = 60.0) -> None:
+    def __init__(self, retry_interval: float = DEFAULT_RETRY_INTERVAL) -> None:
         retry_interval = float(retry_interval)
         if not math.isfinite(retry_interval) or retry_interval < 0:
             raise ValueError(f"retry_interval must be finite and >= 0, got {retry_interval!r}")
@@ -160,6 +189,28 @@ class CircuitBreaker(StateMachine[BreakerState]):
     @property
     def probe_held(self) -> bool:
         return self._probe_held
+
+    # Decisions: pure queries and guarded triggers for the driver ----------------------
+
+    def route(self, *, buffer_empty: bool) -> Route:
+        """Where a new batch goes: straight to PostgreSQL only while CLOSED and nothing waits.
+
+        Rows already waiting (``buffer_empty`` False) would be overtaken by a direct write,
+        so order forces the buffer even when the breaker is CLOSED.
+        """
+        if self.state is BreakerState.CLOSED and buffer_empty:
+            return Route.DIRECT
+        return Route.BUFFER
+
+    def trip(self, now: float, *, wall: datetime | None = None, error: str | None = None) -> bool:
+        """Report a failure from any writer: opens the breaker unless it is OPEN already.
+
+        While OPEN a failure (a straggling write, a drain in CLOSED racing a live write)
+        changes nothing: the rows wait anyway, and ``failure`` there would raise.
+        """
+        if self.state is BreakerState.OPEN:
+            return False
+        return self.failure(now, wall=wall, error=error)
 
     # Triggers -------------------------------------------------------------------------
 

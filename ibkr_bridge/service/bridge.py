@@ -9,8 +9,10 @@ machine's transitions: every transition becomes an ``api_logs`` event, entering 
 starts the writer and probe tasks, leaving LIVE stops them. What a signal means in the
 current state is the machine's decision; the driver only carries out the effects.
 
-The writer (:mod:`~ibkr_bridge.service._writer`) keeps the drift-free cadence of
-:mod:`ibkr_bridge.core.cadence`; the probe is :mod:`~ibkr_bridge.service._probe`.
+The lifecycle loop is :mod:`~ibkr_bridge.service._driver`; the writer
+(:mod:`~ibkr_bridge.service._writer`) keeps the drift-free cadence of
+:mod:`ibkr_bridge.core.cadence`; the probe is :mod:`~ibkr_bridge.service._probe`. The
+Bridge is the feed's listener and the public face: status, hooks, start and stop.
 """
 
 from __future__ import annotations
@@ -18,29 +20,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 from ibkr_bridge.config import Settings, load_settings
 from ibkr_bridge.core.clock import Clock, SystemClock, cancel_and_wait
 from ibkr_bridge.core.errors import LifecycleError
 from ibkr_bridge.core.machines.breaker import BreakerState
-from ibkr_bridge.core.machines.connection import (
-    ConnectionMachine,
-    ConnectionState,
-    transition_status,
-)
+from ibkr_bridge.core.machines.connection import ConnectionMachine, ConnectionState
 from ibkr_bridge.core.records import Status
 from ibkr_bridge.core.redaction import redact_secrets
 from ibkr_bridge.feeds.protocol import Feed
-from ibkr_bridge.service._probe import describe_error, probe_until_frozen
-from ibkr_bridge.service._setup import (
-    describe_target,
-    make_feed,
-    open_storage,
-    start_sink,
-    watchdog_policy,
-)
+from ibkr_bridge.service._driver import ConnectionDriver
+from ibkr_bridge.service._probe import describe_error
+from ibkr_bridge.service._setup import make_feed, open_storage, start_sink, watchdog_policy
 from ibkr_bridge.service._writer import TickWriter
 from ibkr_bridge.service.health import HealthServer
 from ibkr_bridge.service.status import BridgeStatus, EventCallback, RowCallback, TickInfo
@@ -90,15 +82,19 @@ class Bridge:
             row_callbacks=self._row_callbacks,
             tick_callbacks=self._tick_callbacks,
         )
-        self._live_tasks: list[asyncio.Task[None]] = []
+        self._driver = ConnectionDriver(
+            settings=settings,
+            clock=self._clock,
+            feed=self._feed,
+            machine=self._machine,
+            writer=self._writer,
+            listener=self,
+            sink=lambda: self._sink,
+        )
         self._run_task: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._lost = asyncio.Event()
-        self._lost_reason = ""
-        self._stopping = asyncio.Event()
         self._started = False
         self._finished = False
-        self._ever_live = False
         self._final_pending = 0
         self._health: HealthServer | None = None
 
@@ -187,7 +183,7 @@ class Bridge:
             except OSError:
                 await self.stop()
                 raise
-        self._run_task = asyncio.create_task(self._lifecycle(), name="ibkr-bridge-lifecycle")
+        self._run_task = asyncio.create_task(self._driver.run(), name="ibkr-bridge-lifecycle")
 
     async def run(self) -> None:
         """Run until :meth:`stop` is called (or the task is cancelled)."""
@@ -203,14 +199,14 @@ class Bridge:
         if self._finished:
             return
         self._finished = True
-        self._stopping.set()
+        self._driver.stopping.set()
         if self._run_task is not None:
             await cancel_and_wait([self._run_task])
-        await self._stop_live_tasks()
+        await self._driver.stop_live_tasks()
         await cancel_and_wait(list(self._side_tasks))
         await self._feed.disconnect()
-        if self._machine.shutdown(*self._now()):
-            self._publish()
+        if self._machine.shutdown(*self._driver.now()):
+            self._driver.publish()
         if self._sink is not None:
             self._sink.log_event("shutdown", "bridge stopped")
             await self._sink.stop()
@@ -222,122 +218,20 @@ class Bridge:
         if self._health is not None:
             await self._health.stop()
 
-    # -- the connection lifecycle ------------------------------------------------------
-
-    def _now(self) -> tuple[float, datetime]:
-        return self._clock.monotonic(), self._clock.now()
-
-    def _publish(self) -> None:
-        for t in self._machine.pop_transitions():
-            if self._sink is not None:
-                self._sink.log_event(
-                    "transition",
-                    f"connection {t.source} -> {t.dest} ({t.trigger})",
-                    status=transition_status(t),
-                    machine="connection",
-                    source_state=t.source,
-                    dest_state=t.dest,
-                    detail={"trigger": t.trigger, **t.detail},
-                )
-
-    async def _lifecycle(self) -> None:
-        self._feed.set_listener(self)
-        self._machine.start(*self._now())
-        self._publish()
-        while not self._stopping.is_set():
-            state = self._machine.state
-            if state is ConnectionState.CONNECTING:
-                await self._connect_once()
-            elif state is ConnectionState.LIVE:
-                await self._live()
-            elif self._machine.waiting:
-                if self._machine.wake_at is not None:
-                    await self._clock.sleep_until(self._machine.wake_at)
-                self._machine.wake(*self._now())
-                self._publish()
-            else:
-                return
-
-    async def _connect_once(self) -> None:
-        attempt = self._machine.attempt
-        detail = {"attempt": attempt, "host": describe_target(self.settings)}
-        self.feed_event(
-            "connect", f"connecting to IBKR ({self._mode}), attempt {attempt}", detail=detail
-        )
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                await self._feed.connect()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._feed.disconnect()
-            reason = describe_error(exc)
-            self.feed_event(
-                "error",
-                f"connect attempt {attempt} failed: {reason}",
-                status="error",
-                detail={**detail, "outcome": "failed", "error": reason},
-            )
-            self._machine.connect_failed(*self._now(), error=reason)
-            self._publish()
-            return
-        self._lost.clear()
-        self.feed_event(
-            "reconnect" if self._ever_live else "connect",
-            f"connected to IBKR ({self._mode}), account {self._feed.account}",
-            detail={**detail, "outcome": "connected", "account": self._feed.account},
-        )
-        self._ever_live = True
-        self._machine.connected(*self._now())
-        self._publish()
-
-    async def _live(self) -> None:
-        s = self.settings
-        self._live_tasks = [
-            asyncio.create_task(self._writer.run(), name="ibkr-bridge-ticks"),
-            asyncio.create_task(
-                probe_until_frozen(
-                    self._feed,
-                    self._clock,
-                    self,
-                    interval=s.probe_interval,
-                    timeout=s.probe_timeout,
-                ),
-                name="ibkr-bridge-probe",
-            ),
-        ]
-        try:
-            await self._lost.wait()
-        finally:
-            await self._stop_live_tasks()
-            # Not LIVE: nothing is judged until the next snapshot (open episodes stay open).
-            self._writer.verdict = None
-        reason = self._lost_reason or "connection lost"
-        self.feed_event("disconnect", f"disconnected from IBKR: {reason}", status="warning")
-        await self._feed.disconnect()
-        self._machine.disconnected(*self._now(), reason=reason)
-        self._publish()
-
-    async def _stop_live_tasks(self) -> None:
-        tasks, self._live_tasks = self._live_tasks, []
-        await cancel_and_wait(tasks)
-
     # -- FeedListener (the writer and the probe report through it too) -----------------
 
     def feed_disconnected(self, reason: str) -> None:
-        if not self._lost.is_set():
-            self._lost_reason = reason
-            self._lost.set()
+        self._driver.lose(reason)
 
     def feed_data_lost(self, code: int, message: str) -> None:
         if self._machine.feed_data_lost(self._clock.monotonic()):
-            self._publish()
+            self._driver.publish()
         self.feed_event("error", f"IB {code}: {message}", status="warning", detail={"code": code})
 
     def feed_data_restored(self, code: int, message: str, *, resubscribe: bool) -> None:
         self.feed_event("reconnect", f"IB {code}: {message}", detail={"code": code})
         if self._machine.feed_data_restored(self._clock.monotonic(), resubscribe):
-            self._publish()
+            self._driver.publish()
         if resubscribe:
             task = asyncio.create_task(self._resubscribe())
             self._side_tasks.add(task)

@@ -454,6 +454,9 @@ PURE_MODULES = (
     "core/resetwindow/_nightly.py",
     "core/resetwindow/_policy.py",
     "core/resetwindow/_weekly.py",
+    "core/cadence.py",
+    "core/health.py",
+    "core/_health_verdict.py",
 )
 FORBIDDEN_IMPORTS = {"asyncio", "logging", "time", "socket", "os", "io", "pathlib", "threading"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -16,14 +16,11 @@ from prometheus_client.registry import Collector
 
 from ibkr_bridge.core._version import __version__
 from ibkr_bridge.core.errors import LifecycleError
+from ibkr_bridge.core.health import HealthReport
 from ibkr_bridge.core.machines import BreakerState, ConnectionState
 from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.service.status import BridgeStatus, BridgeView
 from ibkr_bridge.storage.sink import SinkStats
-
-if TYPE_CHECKING:
-    pass
-from ibkr_bridge.service._health_rules import HealthReport
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@
 
 - ``/healthz`` answers 200 while the bridge is writing rows, or is in a wait it expects
   (IBKR's nightly reset, a short reconnection, a short database outage), and 503 with a
-  ``reason`` otherwise. The rules and their thresholds are :class:`HealthPolicy`; see
-  ``docs/operations-metrics.md``.
+  ``reason`` otherwise. The rules are the pure :func:`ibkr_bridge.core.health.evaluate`
+  and their thresholds :class:`HealthPolicy`; see ``docs/operations-metrics.md``. This
+  server only keeps the episodes from the bridge's events and renders the verdict.
 - ``/metrics`` is the Prometheus text format, from a private ``CollectorRegistry`` so two
   bridges in one process never clash. Totals the bridge already counts (sink statistics,
   rows, ticks) are read at scrape time by a custom collector, so they are never out of
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -30,15 +30,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import LifecycleError
-from ibkr_bridge.core.machines import BREAKER_SPEC, CONNECTION_SPEC, BreakerState
+from ibkr_bridge.core.health import HealthEpisodes, HealthPolicy, HealthReport, evaluate
+from ibkr_bridge.core.machines import BREAKER_SPEC, CONNECTION_SPEC
 from ibkr_bridge.core.records import ApiEvent, GreeksRow
-from ibkr_bridge.core.resetwindow import WatchdogPolicy, in_maintenance, in_weekly_window
-from ibkr_bridge.service.status import BridgeStatus, BridgeView, TickInfo
-
-if TYPE_CHECKING:
-    pass
-from ibkr_bridge.service._health_rules import _S, HealthPolicy, HealthReport, _seconds, _Tracker
+from ibkr_bridge.core.resetwindow import WatchdogPolicy
 from ibkr_bridge.service._metrics import PREFIX, TICK_BUCKETS, _BridgeCollector, _sink_stats
+from ibkr_bridge.service.status import BridgeStatus, BridgeView, TickInfo
 
 __all__ = ["HealthPolicy", "HealthReport", "HealthServer"]
 
@@ -67,7 +64,7 @@ class HealthServer:
         self._clock: Clock = clock or SystemClock()
         self.policy = policy or HealthPolicy.from_settings(bridge.settings)
         self._watchdog = WatchdogPolicy(**bridge.settings.watchdog_kwargs())
-        self._tracker = _Tracker(self._clock.monotonic())
+        self._tracker = HealthEpisodes(self._clock.monotonic())
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -176,118 +173,18 @@ class HealthServer:
     # -- health -------------------------------------------------------------------------
 
     def health(self, status: BridgeStatus | None = None) -> HealthReport:
-        """Evaluate the rules of ``docs/operations-metrics.md`` now."""
-        status = status or self.bridge.status
-        policy, t = self.policy, self._tracker
-        now = self._clock.monotonic()
-        reasons: list[str] = []
-        note: str | None = None
-        age = self._row_age(status, now)
-
-        state = status.connection
-        if state == _S.STOPPED:
-            reasons.append("the bridge is stopped")
-        elif state == _S.RESET_WAIT:
-            note = "waiting out IBKR's nightly reset or weekly maintenance"
-        elif state == _S.LIVE and status.stale:
-            stale_for = now - (t.stale_since if t.stale_since is not None else t.started_at)
-            wall = self._clock.now()
-            if in_maintenance(wall, self._watchdog):
-                which = (
-                    "weekly maintenance"
-                    if in_weekly_window(wall, self._watchdog)
-                    else "nightly reset"
-                )
-                note = f"IB reports lost connectivity (1100) during the {which} window"
-            elif stale_for > policy.stale_grace:
-                reasons.append(
-                    f"IB has reported lost connectivity (1100) for {_seconds(stale_for)} "
-                    f"(limit {_seconds(policy.stale_grace)}): no rows are written"
-                )
-            else:
-                note = f"IB reports lost connectivity (1100) for {_seconds(stale_for)}"
-        elif state == _S.LIVE:
-            if t.last_row_at is not None and t.last_row_at >= t.writing_expected_since:
-                since_row = now - t.last_row_at
-                if since_row > policy.max_row_age:
-                    reasons.append(
-                        f"no row written for {_seconds(since_row)} "
-                        f"(limit {_seconds(policy.max_row_age)})"
-                    )
-            else:
-                waited = now - t.writing_expected_since
-                if waited > policy.first_row_grace:
-                    reasons.append(
-                        f"connected for {_seconds(waited)} but no row written "
-                        f"(limit {_seconds(policy.first_row_grace)})"
-                    )
-                else:
-                    note = "connected; waiting for complete market data"
-        else:
-            down_for = now - (t.down_since if t.down_since is not None else t.started_at)
-            if down_for > policy.outage_grace:
-                reasons.append(
-                    f"not connected to IBKR for {_seconds(down_for)} "
-                    f"(limit {_seconds(policy.outage_grace)}; state {state})"
-                )
-            else:
-                note = f"reconnecting to IBKR (state {state})"
-
-        if status.breaker != BreakerState.CLOSED:
-            since = t.db_down_since if t.db_down_since is not None else t.started_at
-            db_for = now - since
-            if db_for > policy.db_outage_grace:
-                reasons.append(
-                    f"database unreachable for {_seconds(db_for)} "
-                    f"(limit {_seconds(policy.db_outage_grace)}; breaker {status.breaker}); "
-                    "rows are kept in the buffer"
-                )
-            elif note is None:
-                note = f"database unreachable (breaker {status.breaker}); rows are buffered"
-
-        if reasons and status.degraded:
-            # The rows stopped or are partial because of these legs: say which.
-            reasons.append(status.degraded)
-
-        cap = self.bridge.settings.buffer_max_bytes
-        if status.buffer_pending_bytes >= policy.buffer_full_ratio * cap:
-            reasons.append(
-                f"the buffer is {100 * status.buffer_pending_bytes / cap:.0f}% full "
-                f"({status.buffer_pending_bytes} of {cap} bytes): new rows will be refused"
-            )
-
+        """Evaluate the rules of ``docs/operations-metrics.md`` now (:func:`evaluate`)."""
         stats = _sink_stats(self.bridge)
-        if stats is not None and stats.buffer_error is not None:
-            reasons.append(
-                f"the buffer is failing ({stats.buffer_error}): {stats.memory_queue_depth} "
-                f"records wait in memory (at most {stats.memory_queue_size}), more are "
-                "refused; rows still reach the database while it is reachable"
-            )
-
-        return HealthReport(
-            healthy=not reasons,
-            reason="; ".join(reasons) if reasons else None,
-            note=None if reasons else note,
-            mode=status.mode,
-            connection=str(state),
-            breaker=str(status.breaker),
-            # IB's 1100, or some option leg's Greeks too old / a market-data farm broken.
-            stale=status.stale or status.greeks_stale,
-            last_row_at=status.last_row_at,
-            last_row_age_seconds=age,
-            buffer_pending_bytes=status.buffer_pending_bytes,
-            rows_submitted=status.rows_submitted,
-            degraded=status.degraded,
-            legs_missing=status.legs_missing,
+        return evaluate(
+            status or self.bridge.status,
+            self._tracker,
+            now=self._clock.monotonic(),
+            wall=self._clock.now(),
+            policy=self.policy,
+            watchdog=self._watchdog,
+            buffer_max_bytes=self.bridge.settings.buffer_max_bytes,
+            buffer=stats,
         )
-
-    def _row_age(self, status: BridgeStatus, now: float) -> float | None:
-        if self._tracker.last_row_at is not None:
-            return now - self._tracker.last_row_at
-        if status.last_row_at is not None:
-            # Rows written before this server was attached: only the wall clock knows.
-            return (self._clock.now() - status.last_row_at).total_seconds()
-        return None
 
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of this bridge's metrics."""

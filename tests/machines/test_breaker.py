@@ -447,7 +447,16 @@ PURE_MODULES = (
     "core/machines/base.py",
     "core/machines/breaker.py",
     "core/machines/connection.py",
-    "core/resetwindow.py",
+    "core/machines/_connection_table.py",
+    "core/resetwindow/__init__.py",
+    "core/resetwindow/_dst.py",
+    "core/resetwindow/_maintenance.py",
+    "core/resetwindow/_nightly.py",
+    "core/resetwindow/_policy.py",
+    "core/resetwindow/_weekly.py",
+    "core/cadence.py",
+    "core/health.py",
+    "core/_health_verdict.py",
 )
 FORBIDDEN_IMPORTS = {"asyncio", "logging", "time", "socket", "os", "io", "pathlib", "threading"}
 

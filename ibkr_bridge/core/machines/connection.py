@@ -41,6 +41,12 @@ Public API:
                                                  1102 (False); ``stale = False``
     ``stop(now, wall=None) -> bool``             any state but STOPPED -> STOPPED
 
+    Driver decisions (what an outside event means in the current state):
+    ``waiting`` (BACKOFF or RESET_WAIT), ``wake(now, wall)`` (the wait's due trigger),
+    ``feed_data_lost(now)`` / ``feed_data_restored(now, resubscribe)`` (the LIVE-only
+    triggers, False and no change elsewhere), ``shutdown(now, wall)`` (``stop`` unless
+    STOPPED).
+
     ``retry_due`` and ``reset_over`` return False and change nothing when not yet due.
     Entering BACKOFF records ``attempt`` and ``delay``; entering RESET_WAIT records
     ``window`` ("daily" or "weekly"), ``resume_at`` (ISO 8601, from
@@ -50,18 +56,25 @@ Public API:
 Inherited from ``StateMachine``: ``name``, ``can(trigger)``, ``permitted_triggers()``,
 ``pop_transitions() -> list[Transition]``.
 
-``TRANSITIONS`` the rule table; ``SPEC`` the whole machine as data.
+``TRANSITIONS`` the rule table; ``SPEC`` the whole machine as data (both in
+``_connection_table``, with ``transition_status(t)``: "warning" on entering a wait).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Final
+from typing import Any
 
 import transitions
 
-from ibkr_bridge.core.machines.base import MachineSpec, Rule, StateMachine
+from ibkr_bridge.core.machines._connection_table import (
+    SPEC,
+    TRANSITIONS,
+    WAITING,
+    ConnectionState,
+    transition_status,
+)
+from ibkr_bridge.core.machines.base import StateMachine
 from ibkr_bridge.core.resetwindow import (
     WatchdogPolicy,
     in_maintenance,
@@ -69,115 +82,14 @@ from ibkr_bridge.core.resetwindow import (
     maintenance_resume,
 )
 
-__all__ = ["SPEC", "TRANSITIONS", "ConnectionMachine", "ConnectionState", "WatchdogPolicy"]
-
-
-class ConnectionState(StrEnum):
-    DISCONNECTED = "DISCONNECTED"
-    CONNECTING = "CONNECTING"
-    LIVE = "LIVE"
-    RESET_WAIT = "RESET_WAIT"
-    BACKOFF = "BACKOFF"
-    STOPPED = "STOPPED"
-
-
-_S = ConnectionState
-
-TRANSITIONS: Final[tuple[Rule, ...]] = (
-    Rule("start", _S.DISCONNECTED, _S.CONNECTING, note="the watchdog starts"),
-    Rule("connected", _S.CONNECTING, _S.LIVE, note="handshake done; start writing"),
-    Rule(
-        "connect_failed",
-        _S.CONNECTING,
-        _S.RESET_WAIT,
-        conditions=("in_reset_window",),
-        note="failed during the nightly reset or weekly maintenance: wait for the resume time",
-    ),
-    Rule(
-        "connect_failed",
-        _S.CONNECTING,
-        _S.BACKOFF,
-        unless=("in_reset_window",),
-        note="failed: wait the next back-off delay",
-    ),
-    Rule(
-        "disconnected",
-        _S.LIVE,
-        _S.RESET_WAIT,
-        conditions=("in_reset_window",),
-        note="lost during the nightly reset or weekly maintenance: stop writing, wait",
-    ),
-    Rule(
-        "disconnected",
-        _S.LIVE,
-        _S.BACKOFF,
-        unless=("in_reset_window",),
-        note="lost: stop writing, wait the first back-off delay",
-    ),
-    Rule(
-        "data_lost",
-        _S.LIVE,
-        None,
-        note="IB code 1100: data is stale, writing pauses",
-    ),
-    Rule(
-        "data_restored",
-        _S.LIVE,
-        None,
-        note="IB code 1101 (resubscribe) or 1102 (data kept): writing resumes",
-    ),
-    Rule(
-        "retry_due",
-        _S.BACKOFF,
-        _S.CONNECTING,
-        conditions=("backoff_elapsed",),
-        note="the back-off delay is over: connect again",
-    ),
-    Rule(
-        "reset_over",
-        _S.RESET_WAIT,
-        _S.CONNECTING,
-        conditions=("resume_reached",),
-        note="the reset or maintenance window is over: connect again",
-    ),
-    *(
-        Rule("stop", state, _S.STOPPED, note="shutdown")
-        for state in ConnectionState
-        if state is not _S.STOPPED
-    ),
-)
-
-SPEC: Final = MachineSpec(
-    name="connection",
-    title="SOCKET connection watchdog",
-    summary=(
-        "Keeps the ib_async connection to the Gateway up without ever giving up. With the "
-        "default `WatchdogPolicy`, a failure inside IBKR's nightly reset window "
-        "(23:40:00-23:59:59 New York time, inclusive) waits until the next 00:05 New York "
-        "time, and one inside the weekly maintenance window (Friday 23:00 to Saturday 03:00 "
-        "New York time) waits until its end; any other failure backs off 5, 10, 20 s and "
-        "then retries every 60 s. Rows are written only while LIVE and not stale."
-    ),
-    states=ConnectionState,
-    initial=ConnectionState.DISCONNECTED,
-    rules=TRANSITIONS,
-    state_docs={
-        "DISCONNECTED": "Not started yet.",
-        "CONNECTING": "A connect attempt is under way.",
-        "LIVE": "Connected; the writer runs (paused while `stale`).",
-        "RESET_WAIT": "Waiting out IBKR's nightly reset or weekly maintenance.",
-        "BACKOFF": "Waiting `wake_at` before the next attempt.",
-        "STOPPED": "Shut down; terminal.",
-    },
-    guard_docs={
-        "in_reset_window": (
-            "`wall` is inside the nightly reset window or the weekly maintenance window "
-            "(New York time)"
-        ),
-        "backoff_elapsed": "`now >= wake_at`",
-        "resume_reached": "`now >= wake_at` or `wall >= resume_at`",
-    },
-)
+__all__ = [
+    "SPEC",
+    "TRANSITIONS",
+    "ConnectionMachine",
+    "ConnectionState",
+    "WatchdogPolicy",
+    "transition_status",
+]
 
 
 def _utc(wall: datetime) -> datetime:
@@ -210,6 +122,11 @@ class ConnectionMachine(StateMachine[ConnectionState]):
     def stale(self) -> bool:
         """LIVE but IB reported lost connectivity (1100): the data is not fresh."""
         return self._stale
+
+    @property
+    def waiting(self) -> bool:
+        """In BACKOFF or RESET_WAIT: nothing happens until ``wake_at``, then :meth:`wake`."""
+        return self.state in WAITING
 
     @property
     def should_write(self) -> bool:
@@ -264,6 +181,26 @@ class ConnectionMachine(StateMachine[ConnectionState]):
 
     def stop(self, now: float, wall: datetime | None = None) -> bool:
         return self._fire("stop", now=now, wall=wall)
+
+    # Decisions for the driver: which trigger an outside event means in this state ---------
+
+    def wake(self, now: float, wall: datetime) -> bool:
+        """The deadline of the current wait came: ``retry_due`` or ``reset_over``."""
+        if self.state is ConnectionState.BACKOFF:
+            return self.retry_due(now, wall)
+        return self.reset_over(now, wall)
+
+    def feed_data_lost(self, now: float) -> bool:
+        """IB 1100: ``data_lost`` while LIVE; elsewhere it means nothing (no data flows)."""
+        return self.can("data_lost") and self.data_lost(now)
+
+    def feed_data_restored(self, now: float, resubscribe: bool) -> bool:
+        """IB 1101 / 1102: ``data_restored`` while LIVE; ignored elsewhere, like 1100."""
+        return self.can("data_restored") and self.data_restored(now, resubscribe)
+
+    def shutdown(self, now: float, wall: datetime) -> bool:
+        """``stop`` unless already STOPPED, so shutting down twice is harmless."""
+        return self.can("stop") and self.stop(now, wall)
 
     # Guards and effects ---------------------------------------------------------------
 

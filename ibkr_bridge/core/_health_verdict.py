@@ -1,24 +1,30 @@
-"""The health rules: thresholds (HealthPolicy), the verdict (HealthReport), episode tracking."""
+"""The health verdict and its thresholds: what ``/healthz`` answers, and when it turns 503."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Protocol
 
 import attrs
 
-from ibkr_bridge.core.machines import BreakerState, ConnectionState
-from ibkr_bridge.core.records import ApiEvent
-
-if TYPE_CHECKING:
-    from ibkr_bridge.config import Settings
-
-log = logging.getLogger(__name__)
+__all__ = ["HealthPolicy", "HealthReport", "TimingSettings"]
 
 
-_S = ConnectionState
-_RECONNECTING: Final = frozenset({_S.DISCONNECTED, _S.CONNECTING, _S.BACKOFF})
+class TimingSettings(Protocol):
+    """The bridge settings the thresholds derive from (``Settings`` satisfies it)."""
+
+    @property
+    def poll_interval(self) -> float: ...
+
+    @property
+    def backoff(self) -> Sequence[float]: ...
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def retry_interval(self) -> float: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -33,7 +39,7 @@ class HealthPolicy:
     buffer_full_ratio: float = 0.9  # the buffer this full: rows are about to be refused
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HealthPolicy:
+    def from_settings(cls, settings: TimingSettings) -> HealthPolicy:
         """Thresholds derived from the bridge's own timing settings."""
         poll = settings.poll_interval
         return cls(
@@ -91,48 +97,3 @@ class HealthReport:
             "buffer_pending_bytes": self.buffer_pending_bytes,
             "rows_submitted": self.rows_submitted,
         }
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.0f} s"
-
-
-class _Tracker:
-    """Monotonic times of what the health rules measure, kept from the bridge's events."""
-
-    def __init__(self, now: float) -> None:
-        # Until an event says otherwise, episodes are measured from when watching began.
-        self.started_at = now
-        self.down_since: float | None = now
-        self.writing_expected_since = now
-        self.stale_since: float | None = None
-        self.db_down_since: float | None = None
-        self.last_row_at: float | None = None
-
-    def transition(self, event: ApiEvent, now: float) -> None:
-        source, dest = event.source_state, event.dest_state
-        if event.machine == "breaker":
-            if dest == BreakerState.CLOSED:
-                self.db_down_since = None
-            elif self.db_down_since is None:
-                self.db_down_since = now
-            return
-        if event.machine != "connection":
-            return
-        if source == dest == _S.LIVE:
-            trigger = event.detail.get("trigger")
-            if trigger == "data_lost":
-                self.stale_since = now
-            elif trigger == "data_restored":
-                self.stale_since = None
-                self.writing_expected_since = now
-            return
-        self.stale_since = None
-        if dest == _S.LIVE:
-            self.down_since = None
-            self.writing_expected_since = now
-        elif dest == _S.RESET_WAIT:
-            # An expected wait: the outage clock starts again when it is over.
-            self.down_since = None
-        elif dest in _RECONNECTING and self.down_since is None:
-            self.down_since = now

@@ -11,10 +11,13 @@ connections, a hung Gateway, garbage on the socket, IBKR's "not computed" Greek
 sentinels, positions changing mid-session) can be triggered from tests or from a fault
 script (:mod:`ibkr_bridge.sim.faults`).
 
-The parts: :mod:`._codec` and :mod:`._messages` (the wire format), :mod:`._state` (what
-the parts share), :mod:`._market` (ticks, Greeks, account pushes), :mod:`._requests`
-(request handlers), :mod:`._session` (listener and per-socket loop), :mod:`._faults`
-and :mod:`._server` (:class:`TwsSimulator`: lifecycle and introspection).
+The parts: ``_codec`` and ``_messages`` (the wire format), then one class per module in
+a single inheritance chain, ``_state.GatewayState`` (what all parts share) →
+``_market.MarketData`` (ticks, Greeks, account pushes) → ``_requests.Requests`` (request
+handlers) → ``_session.Sessions`` (listener and per-socket loop) → ``_faults.Faults`` →
+``_server.TwsSimulator`` (lifecycle and introspection). One object keeps the Gateway's
+state in one place, and a test's misbehaving Gateway still subclasses
+:class:`TwsSimulator` and overrides ``_dispatch`` or ``_handlers``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
@@ -89,14 +90,16 @@ class BackgroundTasks:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class AsyncRunning:
+class AsyncRunning(ABC):
     """``async with`` for a class with async ``start()`` and ``stop()`` (both idempotent)."""
 
+    @abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Start serving; a second call while running does nothing."""
 
+    @abstractmethod
     async def stop(self) -> None:
-        raise NotImplementedError
+        """Stop and release everything ``start()`` took; safe to call when stopped."""
 
     async def __aenter__(self) -> Self:
         await self.start()

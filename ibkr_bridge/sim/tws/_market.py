@@ -48,6 +48,8 @@ def _near_tick(value: float, tick: float) -> float:
 class MarketData(GatewayState):
     """Sends ticks, Greeks, positions and account values to the sessions."""
 
+    # -- market data ----------------------------------------------------------------------
+
     def _send_ticks(self, conn: Conn, req_id: int, inst: Instrument, first: bool) -> None:
         now = self._clock.now()
         delayed = 1 if conn.md_type in (3, 4) else 0
@@ -157,6 +159,8 @@ class MarketData(GatewayState):
                 price = self.portfolio.price(inst.conid, now)
                 closed = msg.portfolio_value(inst, 0.0, price, 0.0, 0.0, 0.0, 0.0, change.account)
                 self._write(conn, closed)
+
+    # -- account updates ------------------------------------------------------------------
 
     def _send_account(self, conn: Conn, account: str) -> None:
         now = self._clock.now()

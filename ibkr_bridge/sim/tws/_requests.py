@@ -34,7 +34,7 @@ class Requests(MarketData):
         except (ValueError, IndexError, KeyError) as exc:
             log.warning("client %s: malformed request %s: %r", conn.client_id, fields, exc)
 
-    # -- request handlers -----------------------------------------------------------------
+    # -- session: startApi, ids, accounts list, time --------------------------------------
 
     def _start_api(self, conn: Conn, fields: list[str]) -> None:
         if conn.started:
@@ -61,6 +61,8 @@ class Requests(MarketData):
 
     def _req_current_time(self, conn: Conn, fields: list[str]) -> None:
         self._write(conn, msg.current_time(int(self._clock.now().timestamp())))
+
+    # -- positions and account values -----------------------------------------------------
 
     def _req_positions(self, conn: Conn, fields: list[str]) -> None:
         conn.positions_sub = True
@@ -112,6 +114,8 @@ class Requests(MarketData):
                 self._write(conn, msg.account_summary(req_id, account, key, value, currency))
         self._write(conn, msg.account_summary_end(req_id))
 
+    # -- orders and executions: this Gateway has none -------------------------------------
+
     def _req_executions(self, conn: Conn, fields: list[str]) -> None:
         self._write(conn, msg.exec_details_end(int(fields[2])))
 
@@ -120,6 +124,8 @@ class Requests(MarketData):
 
     def _req_completed_orders(self, conn: Conn, fields: list[str]) -> None:
         self._write(conn, msg.completed_orders_end())
+
+    # -- market data and contract details -------------------------------------------------
 
     def _req_market_data_type(self, conn: Conn, fields: list[str]) -> None:
         data_type = int(fields[2])

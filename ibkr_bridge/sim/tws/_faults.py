@@ -16,8 +16,8 @@ from ibkr_bridge.sim.faults import (
     MAX_DECLARED_FRAME,
     RESET_KINDS,
     SENTINEL_MODES,
+    PortfolioFaults,
 )
-from ibkr_bridge.sim.portfolio import Instrument, Position
 from ibkr_bridge.sim.tws import _codec as wire
 from ibkr_bridge.sim.tws._market import MODEL_GREEKS
 from ibkr_bridge.sim.tws._session import Sessions
@@ -32,8 +32,12 @@ from ibkr_bridge.sim.tws._state import (
 )
 
 
-class Faults(Sessions):
-    """Fault injection on top of the sessions (see :mod:`ibkr_bridge.sim.faults`)."""
+class Faults(Sessions, PortfolioFaults):
+    """Fault injection on top of the sessions (see :mod:`ibkr_bridge.sim.faults`).
+
+    Position and spot changes come from :class:`PortfolioFaults`: the portfolio's
+    subscription pushes them to subscribed sessions.
+    """
 
     async def restart(self, downtime: float = 0.0, stale_ids: float = 0.0) -> None:
         """Gateway restart: every API socket closes; refuse connects for ``downtime`` s.
@@ -259,19 +263,3 @@ class Faults(Sessions):
         log.info("fault: farm notice %d (%s)", code, name)
         for conn in self._started():
             self._send_error(conn, -1, code, FARM_MESSAGES[code].format(farm=name))
-
-    def set_position(
-        self,
-        account: str,
-        conid: int | Instrument,
-        quantity: float,
-        avg_cost: float | None = None,
-    ) -> Position | None:
-        """Change a position; subscribed clients get position/updatePortfolio messages."""
-        return self.portfolio.set_position(account, conid, quantity, avg_cost)
-
-    def remove_position(self, account: str, conid: int) -> Position | None:
-        return self.portfolio.remove_position(account, conid)
-
-    def set_spot(self, conid: int, price: float) -> None:
-        self.portfolio.set_spot(conid, price)

@@ -27,25 +27,35 @@ from ibkr_bridge.sim.tws import TwsSimulator
 log = logging.getLogger("ibkr_bridge.sim")
 
 
+def _simulator_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    port: int,
+) -> argparse.ArgumentParser:
+    """A subcommand with the options both simulators take (their default ports differ)."""
+    sub = commands.add_parser(name, help=summary)
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sub.add_argument("--port", type=int, default=port, help=f"port ({port}; 0 picks a free one)")
+    sub.add_argument("--portfolio", help="portfolio JSON/TOML file (default: built-in demo)")
+    sub.add_argument("--faults", help="fault script JSON file")
+    sub.add_argument("--seed", type=int, default=None, help="random-walk seed")
+    return sub
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ibkr_bridge.sim", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
-    socket = commands.add_parser("socket", help="IB Gateway: the TWS API socket protocol")
-    socket.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    socket.add_argument("--port", type=int, default=4001, help="port (4001; 0 picks a free one)")
-    socket.add_argument("--portfolio", help="portfolio JSON/TOML file (default: built-in demo)")
-    socket.add_argument("--faults", help="fault script JSON file")
-    socket.add_argument("--seed", type=int, default=None, help="random-walk seed")
+    socket = _simulator_parser(
+        commands, "socket", "IB Gateway: the TWS API socket protocol", port=4001
+    )
     socket.add_argument(
         "--tick-interval", type=float, default=1.0, help="seconds between ticks (1.0)"
     )
-    portal = commands.add_parser("portal", help="Client Portal Web API gateway over HTTPS")
-    portal.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    portal.add_argument("--port", type=int, default=5001, help="port (5001; 0 picks a free one)")
-    portal.add_argument("--portfolio", help="portfolio JSON/TOML file (default: built-in demo)")
-    portal.add_argument("--faults", help="fault script JSON file")
-    portal.add_argument("--seed", type=int, default=None, help="random-walk seed")
+    portal = _simulator_parser(
+        commands, "portal", "Client Portal Web API gateway over HTTPS", port=5001
+    )
     portal.add_argument("--cert-dir", help="keep the self-signed certificate here across restarts")
     portal.add_argument("--no-tls", action="store_true", help="plain HTTP (tests only)")
     portal.add_argument(
@@ -59,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for a clean shutdown of the running simulator."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def _run_portal(args: argparse.Namespace, portfolio: Portfolio) -> None:
     from datetime import time
 
@@ -69,11 +89,7 @@ async def _run_portal(args: argparse.Namespace, portfolio: Portfolio) -> None:
     if args.nightly_reset:
         hour, _, minute = args.nightly_reset.partition(":")
         nightly = time(int(hour), int(minute or 0))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
 
     def ready(sim: PortalSimulator) -> None:
         print(f"listening {sim.url} ca {sim.ca_path}", flush=True)
@@ -102,11 +118,7 @@ async def _run_socket(args: argparse.Namespace, portfolio: Portfolio) -> None:
         tick_interval=args.tick_interval,
         faults=faults,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
-            loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     async with sim:
         log.info(
             "IB Gateway simulator on %s:%d, accounts %s", args.host, sim.port, portfolio.accounts

@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 from attrs import frozen
 
 from ibkr_bridge.core.clock import Clock
+from ibkr_bridge.sim.portfolio import Instrument, Portfolio, Position
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,24 @@ class FaultTarget(Protocol):
     def remove_position(self, account: str, conid: int) -> object: ...
 
     def set_spot(self, conid: int, price: float) -> None: ...
+
+
+class PortfolioFaults:
+    """The :data:`PORTFOLIO_FAULTS` as methods: a simulator with a ``portfolio`` inherits them."""
+
+    portfolio: Portfolio
+
+    def set_position(
+        self, account: str, conid: int | Instrument, quantity: float, avg_cost: float | None = None
+    ) -> Position | None:
+        """Change a position; subscribed clients get position/updatePortfolio messages."""
+        return self.portfolio.set_position(account, conid, quantity, avg_cost)
+
+    def remove_position(self, account: str, conid: int) -> Position | None:
+        return self.portfolio.remove_position(account, conid)
+
+    def set_spot(self, conid: int, price: float) -> None:
+        self.portfolio.set_spot(conid, price)
 
 
 def validate_step(index: int, raw: Any, spec_table: ParamSpec) -> tuple[float, str, dict[str, Any]]:

@@ -28,7 +28,7 @@ from ibkr_bridge.sim.portfolio import (
     default_portfolio,
 )
 from ibkr_bridge.sim.tws import TwsSimulator
-from ibkr_bridge.sim.tws_codec import FrameBuffer
+from ibkr_bridge.sim.tws._codec import FrameBuffer
 
 ACCOUNT = "DU1234567"
 SPY_PUT = 800000102  # short 3

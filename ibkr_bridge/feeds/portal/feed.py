@@ -37,13 +37,11 @@ from ibkr_bridge.core.errors import GatewayError
 from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
 from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.feeds._rows import rows_from_legs
-from ibkr_bridge.feeds.portal._http import MAX_BODY_BYTES
 from ibkr_bridge.feeds.portal._market import _MarketData
 from ibkr_bridge.feeds.portal._wire import (
     DEFAULT_POLL,
     MODE,
     TICKLE,
-    NeedsLoginError,
     PortalPosition,
     PortalSettings,
     _Market,
@@ -54,15 +52,8 @@ from ibkr_bridge.feeds.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MAX_BODY_BYTES",
-    "MODE",
-    "NeedsLoginError",
-    "PortalFeed",
-    "PortalPosition",
-    "PortalSettings",
-    "api_root",
-]
+# api_root too: ops/_check_gateway.py imports it from here.
+__all__ = ["PortalFeed", "api_root"]
 
 
 class PortalFeed(_MarketData):

@@ -8,6 +8,7 @@ nothing: cadence, retries and storage belong to the Bridge.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -63,3 +64,33 @@ class Feed(Protocol):
 
     def snapshot(self, now: datetime) -> list[GreeksRow] | None:
         """Rows for this instant, or None when there is no trustworthy state to report."""
+
+
+class LoggingListener(FeedListener):
+    """The listener a feed has until :meth:`Feed.set_listener`: it only logs what it hears.
+
+    ``disconnect_level`` is the level of ``feed_disconnected``; ``level`` that of the other
+    callbacks, or None to drop them (the PORTAL feed's choice: only a lost session matters).
+    """
+
+    def __init__(self, logger: logging.Logger, *, disconnect_level: int, level: int | None) -> None:
+        self._log = logger
+        self._disconnect_level = disconnect_level
+        self._level = level
+
+    def feed_disconnected(self, reason: str) -> None:
+        self._log.log(self._disconnect_level, "feed disconnected: %s", reason)
+
+    def feed_data_lost(self, code: int, message: str) -> None:
+        self._code(code, message)
+
+    def feed_data_restored(self, code: int, message: str, *, resubscribe: bool) -> None:
+        self._code(code, message)
+
+    def feed_event(self, event: str, message: str, **_ignored: object) -> None:
+        if self._level is not None:
+            self._log.log(self._level, "%s: %s", event, message)
+
+    def _code(self, code: int, message: str) -> None:
+        if self._level is not None:
+            self._log.log(self._level, "IB %d: %s", code, message)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from ibkr_bridge import ConnectionState
-from ibkr_bridge.feeds.portal.feed import MAX_BODY_BYTES
+from ibkr_bridge.feeds.portal import MAX_BODY_BYTES
 from ibkr_bridge.ops.logs import (
     GATEWAY_LOG_BURST,
     GATEWAY_TEXT_LIMIT,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_bridge.feeds.socket.feed import MAX_FRAME_BYTES
+from ibkr_bridge.feeds.socket import MAX_FRAME_BYTES
 from ibkr_bridge.testing import TestDatabase
 
 from .harness import Case, World, assert_report, run_case

@@ -16,7 +16,7 @@ from ibkr_bridge.config import load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.core.errors import AccountSelectionError, GatewayError
 from ibkr_bridge.core.records import GreeksRow, Status
-from ibkr_bridge.feeds.portal.feed import NeedsLoginError, PortalFeed, api_root
+from ibkr_bridge.feeds.portal import NeedsLoginError, PortalFeed, api_root
 from ibkr_bridge.feeds.ratelimit import PORTAL_LIMITS, Limit, RateLimiter
 from ibkr_bridge.sim.portal import (
     AUTH_STATUS,

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ibkr_bridge import ConnectionState
 from ibkr_bridge.core.errors import GatewayError
-from ibkr_bridge.feeds.portal.feed import MAX_BODY_BYTES, PortalFeed
+from ibkr_bridge.feeds.portal import MAX_BODY_BYTES, PortalFeed
 from ibkr_bridge.ops.logs import (
     GATEWAY_TEXT_LIMIT,
     RedactingFilter,

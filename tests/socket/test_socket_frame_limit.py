@@ -15,7 +15,8 @@ import pytest
 from ib_async import IB
 from test_socket_feed import GUARD, connected, eventually, settle  # tests/socket is not a package
 
-from ibkr_bridge.feeds.socket.feed import MAX_FRAME_BYTES, FrameLimit, SocketFeed, _Session
+from ibkr_bridge.feeds.socket import MAX_FRAME_BYTES, FrameLimit, SocketFeed
+from ibkr_bridge.feeds.socket._session import _Session
 from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.tws import TwsSimulator
 

@@ -1,26 +1,18 @@
-"""The Client Portal API as the PORTAL feed sees it: endpoints, snapshot fields, limits, parsing."""
+"""The Client Portal API as the PORTAL feed sees it: endpoints, limits, records, parsing."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
-import aiohttp
 from attrs import frozen
 
 from ibkr_bridge.core.errors import NeedsLoginError as NeedsLoginError
-from ibkr_bridge.core.greeks import (
-    parse_portal_number,
-)
-from ibkr_bridge.core.records import Status
+from ibkr_bridge.core.greeks import parse_portal_number
 from ibkr_bridge.core.redaction import gateway_text, remember_secret
-
-log = logging.getLogger(__name__)
-
 
 MODE: Final = "PORTAL"
 API_PREFIX: Final = "/v1/api"
@@ -35,32 +27,10 @@ PORTFOLIO_ACCOUNTS: Final = "portfolio_accounts"
 POSITIONS: Final = "positions"
 SNAPSHOT: Final = "snapshot"
 
-LAST: Final = "31"
-BID: Final = "84"
-ASK: Final = "86"
-DELTA: Final = "7308"
-GAMMA: Final = "7309"
-THETA: Final = "7310"
-VEGA: Final = "7311"
-IMPLIED_VOL: Final = "7633"
-AVAILABILITY: Final = "6509"
-UNDERLYING_CONID: Final = "6457"
-MARK: Final = "7635"
-SNAPSHOT_FIELDS: Final = (LAST, BID, ASK, DELTA, GAMMA, THETA, VEGA, IMPLIED_VOL, AVAILABILITY)
-_FIELD_SET: Final = frozenset(SNAPSHOT_FIELDS) | {UNDERLYING_CONID, MARK}
-_GREEK_FIELDS: Final = frozenset({DELTA, GAMMA, THETA, VEGA})
-
 PAGE_SIZE: Final = 100
 MAX_PAGES: Final = 100  # 10,000 positions: a garbage answer cannot page forever
 CONIDS_PER_SNAPSHOT: Final = 50
 DEFAULT_POLL: Final = 2.0  # seconds between snapshot polls
-#: The largest answer read from the gateway. Real answers are a few hundred KiB at most
-#: (100 positions a page, 50 conids a snapshot); anything bigger is refused unread so a
-#: hostile or broken gateway cannot make the bridge hold it (a 50 MB body, a gzip bomb).
-MAX_BODY_BYTES: Final = 4 * 1024 * 1024
-_READ_CHUNK: Final = 64 * 1024
-
-_T = TypeVar("_T")
 
 
 class PortalSettings(Protocol):
@@ -80,27 +50,6 @@ class PortalSettings(Protocol):
 
     @property
     def tickle_interval(self) -> float: ...
-
-
-class _NullListener:
-    def feed_disconnected(self, reason: str) -> None:
-        log.warning("feed disconnected: %s", reason)
-
-    def feed_data_lost(self, code: int, message: str) -> None:
-        pass
-
-    def feed_data_restored(self, code: int, message: str, *, resubscribe: bool) -> None:
-        pass
-
-    def feed_event(
-        self,
-        event: str,
-        message: str,
-        *,
-        status: Status = "info",
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        pass
 
 
 @frozen
@@ -202,15 +151,3 @@ def _learn_secrets(data: Any) -> None:
     if isinstance(data, dict):
         for key in ("session", "sessionId"):
             remember_secret(data.get(key))
-
-
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
-    """The body, or None (the rest unread) once it grows past :data:`MAX_BODY_BYTES`."""
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in response.content.iter_chunked(_READ_CHUNK):
-        total += len(chunk)
-        if total > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -1,43 +1,19 @@
-"""IB's side of the SOCKET feed: message codes, frame limit, settings protocol, small helpers."""
+"""IB's side of the SOCKET feed: frame limit, settings protocol, records, small helpers."""
 
 from __future__ import annotations
 
 import functools
-import logging
-import re
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Final, Protocol, TypeVar
 
 from ib_async import Contract, Ticker
 
-from ibkr_bridge.core.greeks import (
-    clean_price,
-    multiplier_from,
-)
-from ibkr_bridge.core.records import Status
-
-log = logging.getLogger(__name__)
-
+from ibkr_bridge.core.greeks import clean_price, multiplier_from
 
 T = TypeVar("T")
 
 MODE: Final = "SOCKET"
 
-# IB message codes (see docs: TWS API message codes).
-CLIENT_ID_IN_USE: Final = 326
-CONNECTIVITY_LOST: Final = 1100
-RESTORED_DATA_LOST: Final = 1101
-RESTORED_DATA_KEPT: Final = 1102
-SOCKET_PORT_RESET: Final = 1300
-NO_SUCH_TICKER: Final = 300
-FARM_BROKEN: Final = frozenset({2103, 2105, 2157})
-# 2107/2108: a farm is idle but connects on demand; as harmless as "OK".
-FARM_OK: Final = frozenset({2104, 2106, 2158, 2107, 2108})
-# Only a market-data farm carries Greeks: 2103 makes every leg's Greeks stale until that
-# farm is OK again (2104, or 2108 "inactive, available on demand"). Historical (2105/2106)
-# and security-definition (2157/2158) farms are logged only.
-MARKET_FARM_BROKEN: Final = 2103
-MARKET_FARM_OK: Final = frozenset({2104, 2108})
 MARKET_DATA_TYPES: Final = (1, 2, 3, 4)
 
 # Contracts whose exchange may be SMART when the position message leaves it empty;
@@ -123,55 +99,26 @@ class SocketSettings(Protocol):
     def connect_timeout(self) -> float: ...
 
 
-_FARM_NAME: Final = re.compile(r"(?::|upon demand\.)\s*(\S+)\s*$")
-
-
-def farm_name(message: str) -> str:
-    """The farm an IB 210x notice names: "...is broken:usfarm" and 2108's "...available
-    upon demand.usfarm" both give "usfarm"."""
-    match = _FARM_NAME.search(message)
-    return match[1] if match else message.strip()
-
-
-class _NullListener:
-    """Listener used until :meth:`SocketFeed.set_listener` is called."""
-
-    def feed_disconnected(self, reason: str) -> None:
-        log.info("feed disconnected: %s", reason)
-
-    def feed_data_lost(self, code: int, message: str) -> None:
-        log.info("IB %d: %s", code, message)
-
-    def feed_data_restored(self, code: int, message: str, *, resubscribe: bool) -> None:
-        log.info("IB %d: %s", code, message)
-
-    def feed_event(
-        self,
-        event: str,
-        message: str,
-        *,
-        status: Status = "info",
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        log.info("%s: %s", event, message)
+# What reqMktData needs of a position's contract, besides the exchange.
+_MARKET_FIELDS: Final = (
+    "secType",
+    "conId",
+    "symbol",
+    "lastTradeDateOrContractMonth",
+    "strike",
+    "right",
+    "multiplier",
+    "currency",
+    "localSymbol",
+    "tradingClass",
+)
 
 
 def _market_contract(contract: Contract, exchange: str) -> Contract:
     """A plain copy of a position's contract with ``exchange`` set, for reqMktData."""
     # A plain Contract, not Option/Stock: their constructors take other arguments.
-    return Contract(
-        secType=contract.secType,
-        conId=contract.conId,
-        symbol=contract.symbol,
-        lastTradeDateOrContractMonth=contract.lastTradeDateOrContractMonth,
-        strike=contract.strike,
-        right=contract.right,
-        multiplier=contract.multiplier,
-        exchange=exchange,
-        currency=contract.currency,
-        localSymbol=contract.localSymbol,
-        tradingClass=contract.tradingClass,
-    )
+    copied = {name: getattr(contract, name) for name in _MARKET_FIELDS}
+    return Contract(**copied, exchange=exchange)
 
 
 def _ticker_price(ticker: Ticker | None) -> float | None:
@@ -198,9 +145,6 @@ class _Subscription:
         self.greeks: object = None  # the OptionComputation last seen on the ticker
         self.greeks_at: float | None = None  # monotonic time it was first seen
 
-
-# How often a probe looks for Gateway traffic while its reqCurrentTime is pending.
-_PROBE_POLL: Final = 0.02
 
 # Contract multipliers are a handful of strings ("", "100", "50"): parse each once, not
 # once per leg per tick.

@@ -11,6 +11,11 @@ not grow with the book; until then such a leg counts as one without Greeks.
 :meth:`~SocketFeed.snapshot` turns the latest model Greeks into rows with
 :func:`ibkr_bridge.core.greeks.aggregate`.
 
+The parts, each its own module: the ib_async session (:mod:`._session`), its subscriptions
+and contract lookups (:mod:`._subscriptions`), the positions as legs (:mod:`._positions`),
+IB's codes (:mod:`._codes`), the probe (:mod:`._probe`), and the one adapter over ib_async's
+internals (:mod:`._ibasync`).
+
 The Gateway is shared with the trader's own session, so the feed is a polite guest: read-only
 API, never clientId 0, no order requests (no reqGlobalCancel, no reqAutoOpenOrders) and no
 reqAccountUpdates (the Gateway keeps one account-update subscription per login, so ours could
@@ -19,42 +24,27 @@ take the trader's away: IB codes 2100/2101). Positions come from reqPositions al
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 
-from ib_async import Contract
-from ib_async.ib import StartupFetchNONE
+from ib_async import Contract, StartupFetchNONE
 
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import AccountSelectionError
-from ibkr_bridge.core.greeks import (
-    FUTURE_SEC_TYPES,
-    OPTION_SEC_TYPES,
-    SEC_TYPES,
-    GreeksRule,
-    Leg,
-    LegGreeks,
-    LegsVerdict,
-    aggregate,
-    flat_row,
-    judge_legs,
-)
+from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
 from ibkr_bridge.core.records import GreeksRow
-from ibkr_bridge.feeds.protocol import FeedListener
+from ibkr_bridge.feeds._rows import rows_from_legs
+from ibkr_bridge.feeds.protocol import FeedListener, LoggingListener
 from ibkr_bridge.feeds.ratelimit import SOCKET_DETAILS_LIMIT, RateLimiter
+from ibkr_bridge.feeds.socket._positions import session_legs, underlying_prices
+from ibkr_bridge.feeds.socket._probe import probe_gateway
 from ibkr_bridge.feeds.socket._session import _Session
 from ibkr_bridge.feeds.socket._wire import (
     _DETAILS,
-    _PROBE_POLL,
     MARKET_DATA_TYPES,
     MAX_FRAME_BYTES,
     MODE,
-    FrameLimit,
     SocketSettings,
-    _multiplier,
-    _NullListener,
-    _ticker_price,
 )
 
 log = logging.getLogger(__name__)
@@ -106,7 +96,9 @@ class SocketFeed:
         self.connect_timeout = float(connect_timeout)
         self.max_frame_bytes = int(max_frame_bytes)
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.listener: FeedListener = _NullListener()
+        self.listener: FeedListener = LoggingListener(
+            log, disconnect_level=logging.INFO, level=logging.INFO
+        )
         # Contract details outlive a session: a conId's exchange does not change, and
         # looking a futures book up again on every reconnect is what kept it from LIVE.
         self._resolved: dict[int, Contract] = {}
@@ -227,27 +219,9 @@ class SocketFeed:
         return session
 
     async def probe(self) -> None:
-        """Return once the Gateway proves it is alive; hang while it is frozen.
-
-        One reqCurrentTime is sent, and any message arriving after that proves life as
-        well as its answer does: while ib_async throttles its own requests (45 a second; a
-        book of 1,000 legs takes over 20 s to subscribe) the request waits behind them,
-        but the Gateway's ticks keep coming. A frozen Gateway sends neither, and the
-        Bridge's timeout around this call ends the connection.
-        """
-        session = self._live_session()
-        client = session.ib.client
-        mark: int = client._numMsgRecv  # ib_async is pinned to 2.1.0
-        answer = asyncio.ensure_future(session.ib.reqCurrentTimeAsync())
-        try:
-            while not answer.done():
-                if client._numMsgRecv > mark:
-                    return
-                await asyncio.sleep(_PROBE_POLL)
-            answer.result()
-        finally:
-            if not answer.done():
-                answer.cancel()
+        """Return once the Gateway proves it is alive; hang while it is frozen (see
+        :func:`~ibkr_bridge.feeds.socket._probe.probe_gateway`: any message counts as an answer)."""
+        await probe_gateway(self._live_session().ib)
 
     async def resubscribe(self) -> None:
         """Re-sync positions, cancel and re-request every market-data stream (after 1101)."""
@@ -264,83 +238,15 @@ class SocketFeed:
         session = self._session
         if session is None or not session.usable or session.account is None:
             return None
-        account = session.account
-        mono = self.clock.monotonic()
-        legs: list[Leg] = []
-        judged: list[LegGreeks] = []
-        for pos in session.open_positions():
-            contract = pos.contract
-            sec_type = contract.secType.upper()
-            if sec_type not in SEC_TYPES:
-                continue
-            sub = session.subs.get(contract.conId)
-            ticker = sub.ticker if sub is not None else None
-            if sec_type in OPTION_SEC_TYPES:
-                greeks = ticker.modelGreeks if ticker is not None else None
-                if sub is not None:
-                    since = sub.subscribed_at
-                    age = None if sub.greeks_at is None or greeks is None else mono - sub.greeks_at
-                else:
-                    # No stream at all (its contract could not be resolved): it waits from
-                    # when it was first seen, like a requested one.
-                    since = session.first_seen.setdefault(contract.conId, mono)
-                    age = None
-                judged.append(
-                    LegGreeks(
-                        conid=contract.conId,
-                        name=contract.localSymbol or f"{contract.symbol} {sec_type}",
-                        age=age,
-                        waited=mono - since,
-                    )
-                )
-                legs.append(
-                    Leg(
-                        conid=contract.conId,
-                        symbol=contract.symbol,
-                        sec_type=sec_type,
-                        quantity=pos.position,
-                        multiplier=_multiplier(contract.multiplier),
-                        delta=greeks.delta if greeks is not None else None,
-                        gamma=greeks.gamma if greeks is not None else None,
-                        vega=greeks.vega if greeks is not None else None,
-                        theta=greeks.theta if greeks is not None else None,
-                        underlying_price=greeks.undPrice if greeks is not None else None,
-                    )
-                )
-            else:
-                legs.append(
-                    Leg(
-                        conid=contract.conId,
-                        symbol=contract.symbol,
-                        sec_type=sec_type,
-                        quantity=pos.position,
-                        multiplier=_multiplier(contract.multiplier),
-                        underlying_price=(
-                            _ticker_price(ticker) if sec_type in FUTURE_SEC_TYPES else None
-                        ),
-                    )
-                )
-        verdict = judge_legs(judged, self.rule, broken_farms=session.broken_farms)
-        self.legs_verdict = verdict
-        if not verdict.write:
-            return None
-        if not legs:
-            # Positions are synced and none carries a Greek: a genuinely flat book.
-            return [flat_row(account, now, self.mode)]
-        prices: dict[str, float] = {}
-        for symbol, conid in session.price_conid.items():
-            sub = session.subs.get(conid)
-            price = _ticker_price(sub.ticker if sub is not None else None)
-            if price is not None:
-                prices[symbol] = price
-        return aggregate(
+        legs, judged = session_legs(session, self.clock.monotonic())
+        self.legs_verdict, rows = rows_from_legs(
             legs,
-            account=account,
-            timestamp=now,
-            api_mode=self.mode,
-            underlying_prices=prices,
-            omit=verdict.omit,
+            judged,
+            self.rule,
+            account=session.account,
+            now=now,
+            mode=self.mode,
+            prices=lambda: underlying_prices(session),
+            broken_farms=session.broken_farms,
         )
-
-
-__all__ = ["MAX_FRAME_BYTES", "MODE", "FrameLimit", "SocketFeed", "SocketSettings"]
+        return rows

@@ -95,6 +95,7 @@ from ibkr_bridge.storage.buffer._format import (
     format_line,
 )
 from ibkr_bridge.storage.buffer._jsonl import JsonlBuffer
+from ibkr_bridge.storage.buffer._reading import CopyBatch, LineSpan
 from ibkr_bridge.storage.buffer.inspect import BufferReport, inspect_buffer
 
 __all__ = [
@@ -106,8 +107,10 @@ __all__ = [
     "BufferPathError",
     "BufferReport",
     "BufferStats",
+    "CopyBatch",
     "JsonlBuffer",
     "JsonlBufferError",
+    "LineSpan",
     "RawBatch",
     "format_line",
     "inspect_buffer",

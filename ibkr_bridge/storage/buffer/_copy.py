@@ -34,6 +34,7 @@ from ibkr_bridge.storage.store import GREEKS_COPY_COLUMNS, EventTuple, GreeksTup
 _OPEN_BRACE: Final = ord("{")
 _CLOSE_BRACE: Final = ord("}")
 _CRC_AT: Final = -_CRC_TAIL + len(_CRC_OPEN)  # where the 8 hex digits start
+_TAIL: Final = _CRC_OPEN + b'%08x"}'  # how format_line ends a line
 
 
 class _GreeksData(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -73,19 +74,10 @@ _decode: Final = msgspec.json.Decoder(_GreeksLine).decode
 _DecodeFailed: Final = (msgspec.DecodeError, msgspec.ValidationError)
 
 
-def checksum_ok(line: bytes) -> bool | None:
-    """True/False: the line carries a checksum that matches/does not; None: it has none."""
-    if len(line) <= _CRC_TAIL or line[-_CRC_TAIL:_CRC_AT] != _CRC_OPEN:
-        return None
-    # CRC of the record JSON = the line without its checksum member, closed again.
-    crc = zlib.crc32(b"}", zlib.crc32(memoryview(line)[:-_CRC_TAIL]))
-    return line[-2:] == b'"}' and line[_CRC_AT:-2] == b"%08x" % crc
-
-
 class CopyDecoder:
     """Decodes the lines of one batch into Greeks and event COPY tuples, ``seq`` in order.
 
-    Not thread-safe; one per batch, fed slice by slice with :meth:`add_all`.
+    Not thread-safe; one per batch, fed slice by slice with :meth:`decode`.
     """
 
     __slots__ = ("checksummed", "events", "greeks")
@@ -95,16 +87,22 @@ class CopyDecoder:
         self.greeks: list[GreeksTuple] = []
         self.events: list[EventTuple] = []
 
-    def add_all(self, lines: Sequence[bytes], first_seq: int) -> list[tuple[int, Exception]]:
-        """Decode ``lines`` (seq ``first_seq``...); returns (index in lines, why) of the bad."""
+    def decode(self, lines: Sequence[bytes], lo: int, hi: int) -> list[tuple[int, Exception]]:
+        """Decode ``lines[lo:hi]`` (``seq`` = index); returns (index, why) of the bad ones."""
         bad: list[tuple[int, Exception]] = []
         append = self.greeks.append
         parse_ts = datetime.fromisoformat
         legacy = not self.checksummed  # version-1 lines may come without a checksum
-        for i, line in enumerate(lines):
-            ok = checksum_ok(line)
-            # The reference refuses whitespace around the object; msgspec would skip it.
-            if (ok or (ok is None and legacy and line[-1:] == b"}")) and line[:1] == b"{":
+        crc32 = zlib.crc32
+        for i in range(lo, hi):
+            line = lines[i]
+            # The line must end in the checksum of the rest (one comparison against the
+            # tail format_line would have written), or be a version-1 line without one.
+            # It must start with "{": the reference refuses the whitespace msgspec skips.
+            if (
+                line.endswith(_TAIL % crc32(line[:-_CRC_TAIL] + b"}"))
+                or (legacy and line[-1:] == b"}" and line[-_CRC_TAIL:_CRC_AT] != _CRC_OPEN)
+            ) and line[:1] == b"{":
                 try:
                     rec = _decode(line)
                     d = rec.data
@@ -114,7 +112,7 @@ class CopyDecoder:
                 if stamp is not None and stamp.tzinfo is not None:
                     append(
                         (
-                            first_seq + i,
+                            i,
                             stamp,
                             d.contract,
                             d.delta,
@@ -132,7 +130,7 @@ class CopyDecoder:
                     )
                     continue
             # Not canonical: the reference decides, with its own error for a bad line.
-            why = self._slow(first_seq + i, line)
+            why = self._slow(i, line)
             if why is not None:
                 bad.append((i, why))
         return bad

@@ -109,7 +109,9 @@ class _Reading(_Recovering):
     ) -> CopyBatch:
         """Quarantine the span's bad lines (durably, before the batch can be committed)."""
         if bad:
-            offsets = [span.start, *itertools.accumulate(len(x) + 1 for x in span.lines)]
+            offsets = list(
+                itertools.accumulate((len(x) + 1 for x in span.lines), initial=span.start)
+            )
             entries = [
                 _Bad(offsets[i], span.lines[i], "unreadable", f"{type(why).__name__}: {why}")
                 for i, why in bad
@@ -134,7 +136,7 @@ class _Reading(_Recovering):
         """Like :meth:`read_raw_batch`, as COPY tuples: the drain's path, in one call."""
         span = self.take_lines(max_records, after=after)
         decoder = CopyDecoder(span.checksummed)
-        return self.settle(span, decoder, decoder.add_all(span.lines, 0))
+        return self.settle(span, decoder, decoder.decode(span.lines, 0, len(span.lines)))
 
     def _scan(
         self,

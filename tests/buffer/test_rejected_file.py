@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge.storage import drain
 from ibkr_bridge.storage.drain import RejectedFile, RejectedFileChangedError
+from ibkr_bridge.storage.drain import _rejected as drain
 
 
 def keys(path: Path) -> list[str]:

@@ -1,7 +1,9 @@
 """Crash-safe JSONL buffer: holds records on disk while PostgreSQL is unreachable.
 
 Modules: ``_format`` (errors, batches, the checksummed line format), ``_quarantine``,
-``_jsonl`` (:class:`JsonlBuffer`), ``inspect`` (read-only :func:`inspect_buffer`).
+``_state``, ``_recovery`` and ``_reading`` (the layers under :class:`JsonlBuffer`),
+``_copy`` (the drain's msgspec decoder), ``_jsonl`` (:class:`JsonlBuffer`), ``inspect``
+(read-only :func:`inspect_buffer`).
 
 Files, all mode 0600 next to ``path`` (a missing parent directory is created 0700):
 
@@ -40,11 +42,13 @@ A crash anywhere replays at most the uncommitted batch (at-least-once); the reco
 idempotency keys make the replay a no-op in the database. Every batch whose ``end > start``
 must be committed even when it holds no records (all its lines were quarantined).
 
-:meth:`JsonlBuffer.read_raw_batch` is the drain's path, which COPYs tuples: it returns the
-parsed JSON objects (``{"v", "type", "key", "data"}``, checksum removed) after the same
-validation :meth:`JsonlBuffer.read_batch` runs (the records' own validators, as on the live
-path), re-encoded from the record only where a converter would change a value. A line that
-fails is quarantined and skipped.
+:meth:`JsonlBuffer.read_copy_batch` is the drain's path: the same lines as COPY tuples,
+decoded by msgspec into typed records where a line is canonical and by the reference
+parser otherwise, with the same result (see ``_copy``). :meth:`JsonlBuffer.read_raw_batch`
+is that reference: it returns the parsed JSON objects (``{"v", "type", "key", "data"}``,
+checksum removed) after the same validation :meth:`JsonlBuffer.read_batch` runs (the
+records' own validators, as on the live path), re-encoded from the record only where a
+converter would change a value. A line that fails is quarantined and skipped.
 
 Policies:
 
@@ -95,6 +99,7 @@ from ibkr_bridge.storage.buffer._format import (
     format_line,
 )
 from ibkr_bridge.storage.buffer._jsonl import JsonlBuffer
+from ibkr_bridge.storage.buffer._reading import CopyBatch, LineSpan
 from ibkr_bridge.storage.buffer.inspect import BufferReport, inspect_buffer
 
 __all__ = [
@@ -106,8 +111,10 @@ __all__ = [
     "BufferPathError",
     "BufferReport",
     "BufferStats",
+    "CopyBatch",
     "JsonlBuffer",
     "JsonlBufferError",
+    "LineSpan",
     "RawBatch",
     "format_line",
     "inspect_buffer",

@@ -22,7 +22,7 @@ Modules: ``_values`` (cleaning numbers), ``_aggregate`` (legs and aggregate),
 
 from __future__ import annotations
 
-from ibkr_bridge.core.greeks._aggregate import Leg, aggregate, flat_row, row_key
+from ibkr_bridge.core.greeks._aggregate import GreekFields, Leg, aggregate, flat_row, row_key
 from ibkr_bridge.core.greeks._model import apply_model, model_greeks, needs_model, years_to_expiry
 from ibkr_bridge.core.greeks._positions import (
     ALL_ACCOUNTS,
@@ -58,6 +58,7 @@ __all__ = [
     "PORTFOLIO",
     "SEC_TYPES",
     "STOCK_SEC_TYPES",
+    "GreekFields",
     "GreeksRule",
     "Leg",
     "LegGreeks",

@@ -7,6 +7,7 @@ import math
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TypedDict
 
 from attrs import field, frozen
 
@@ -25,6 +26,16 @@ from ibkr_bridge.core.greeks._values import (
     multiplier_from,
 )
 from ibkr_bridge.core.records import GreeksRow
+
+
+class GreekFields(TypedDict, total=False):
+    """The numbers a feed reads for a leg, passed on as ``Leg(**fields)``."""
+
+    delta: float | None
+    gamma: float | None
+    vega: float | None
+    theta: float | None
+    underlying_price: float | None
 
 
 @frozen(kw_only=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ibkr_bridge.core.greeks import parse_portal_number
+from ibkr_bridge.core.greeks import GreekFields, parse_portal_number
 
 LAST: Final = "31"
 BID: Final = "84"
@@ -43,7 +43,7 @@ def has_greeks(fields: Mapping[str, str]) -> bool:
     return not _GREEK_FIELDS.isdisjoint(fields)
 
 
-def option_greeks(fields: Mapping[str, str]) -> dict[str, float | None]:
+def option_greeks(fields: Mapping[str, str]) -> GreekFields:
     """An option's Greeks by :class:`~ibkr_bridge.core.greeks.Leg` field name."""
     return {
         "delta": parse_portal_number(fields.get(DELTA)),

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from ibkr_bridge.core.errors import GatewayError
-from ibkr_bridge.core.greeks import OPTION_SEC_TYPES, Leg, LegGreeks
+from ibkr_bridge.core.greeks import OPTION_SEC_TYPES, GreekFields, Leg, LegGreeks
 from ibkr_bridge.feeds.portal._fields import (
     SNAPSHOT_FIELDS,
     has_greeks,
@@ -141,7 +141,7 @@ class _MarketData(_PositionsReader):
         legs: list[Leg] = []
         judged: list[LegGreeks] = []
         for pos in positions:
-            greeks: dict[str, float | None] = {}
+            greeks: GreekFields = {}
             if pos.sec_type in OPTION_SEC_TYPES:
                 market = self._market.get(pos.conid)
                 since = self._leg_since.setdefault(pos.conid, mono)

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 from ib_async import Contract, OptionComputation
 
-from ibkr_bridge.core.greeks import FUTURE_SEC_TYPES, OPTION_SEC_TYPES, SEC_TYPES, Leg, LegGreeks
+from ibkr_bridge.core.greeks import (
+    FUTURE_SEC_TYPES,
+    OPTION_SEC_TYPES,
+    SEC_TYPES,
+    GreekFields,
+    Leg,
+    LegGreeks,
+)
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
 if TYPE_CHECKING:
@@ -33,7 +40,7 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
             continue
         sub = session.subs.get(contract.conId)
         ticker = sub.ticker if sub is not None else None
-        values: dict[str, float | None]
+        values: GreekFields
         if sec_type in OPTION_SEC_TYPES:
             greeks = ticker.modelGreeks if ticker is not None else None
             judged.append(_judged(session, contract, sec_type, sub, greeks, mono))
@@ -77,7 +84,7 @@ def _judged(
     )
 
 
-def _option_values(greeks: OptionComputation | None) -> dict[str, float | None]:
+def _option_values(greeks: OptionComputation | None) -> GreekFields:
     """An option leg's Greeks and its underlying's price from ib_async's OptionComputation."""
     if greeks is None:
         return {}

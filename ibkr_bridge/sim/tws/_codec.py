@@ -31,8 +31,7 @@ UNSET_DOUBLE_TEXT: Final = "1.7976931348623157E308"
 Field = str | int | float | bool | None
 
 
-class FrameError(ValueError):
-    """The peer sent something that is not a TWS API frame."""
+from ibkr_bridge.core.errors import FrameError as FrameError  # noqa: E402
 
 
 def fmt(value: Field) -> str:

@@ -13,9 +13,7 @@ from typing import Any, Final
 
 import attrs
 
-
-class RejectedFileChangedError(OSError):
-    """``.rejected`` was moved or replaced by someone else while it was being rewritten."""
+from ibkr_bridge.core.errors import RejectedFileChangedError as RejectedFileChangedError
 
 
 @attrs.frozen

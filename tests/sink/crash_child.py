@@ -37,8 +37,15 @@ async def main(dsn: str, path: str, first: int, last: int) -> None:
     store = await Store.open(dsn, connect_timeout=0.3, command_timeout=0.5)
     buffer = JsonlBuffer(Path(path))
     buffer.open()
+    # Tiny batches while writing put many commits (and crash windows) into each run; the
+    # final drain-only run is the check, not the chaos, so it drains in ordinary batches.
     sink = DurableWriter(
-        store, buffer, api_mode="SOCKET", retry_interval=0.1, spill_after=0.1, batch_size=7
+        store,
+        buffer,
+        api_mode="SOCKET",
+        retry_interval=0.1,
+        spill_after=0.1,
+        batch_size=7 if first <= last else 5000,
     )
     await sink.start()
     for i in range(first, last + 1):

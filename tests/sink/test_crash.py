@@ -89,7 +89,13 @@ async def test_kill_9_at_random_instants_loses_and_duplicates_nothing(
             await chaos
         proxy.up()
         final = await _spawn(dsn, buffer, 1, 0)
-        out, _ = await asyncio.wait_for(final.communicate(), timeout=60)
+        try:
+            out, _ = await asyncio.wait_for(final.communicate(), timeout=120)
+        finally:
+            # A hung drain fails this test alone: the child must not outlive it.
+            if final.returncode is None:
+                final.kill()
+                await final.wait()
         assert b"drained" in out
 
     rows = await db.fetch("SELECT bridge_key, delta FROM portfolio_greeks ORDER BY id")

@@ -180,7 +180,7 @@ def test_permitted_triggers_follow_the_table() -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1.0", None, True])
 def test_bad_now_is_rejected_before_anything_changes(bad: Any) -> None:
-    b = CircuitBreaker()
+    b = CircuitBreaker(retry_interval=60.0)
     with pytest.raises(ValueError, match="now"):
         b.failure(bad)
     assert b.state is CLOSED
@@ -188,7 +188,7 @@ def test_bad_now_is_rejected_before_anything_changes(bad: Any) -> None:
 
 
 def test_naive_wall_is_rejected_before_anything_changes() -> None:
-    b = CircuitBreaker()
+    b = CircuitBreaker(retry_interval=60.0)
     with pytest.raises(ValueError, match="wall"):
         b.failure(1.0, wall=datetime(2026, 1, 5, 15, 0))
     assert b.state is CLOSED
@@ -202,7 +202,7 @@ def test_bad_retry_interval(bad: float) -> None:
 
 
 def test_transition_records_are_frozen() -> None:
-    b = CircuitBreaker()
+    b = CircuitBreaker(retry_interval=60.0)
     b.failure(1.0, error="x")
     (record,) = b.pop_transitions()
     with pytest.raises(AttributeError):
@@ -247,7 +247,7 @@ def test_spec_rejects_undocumented_guards_and_states() -> None:
 
 
 def test_runtime_machine_is_built_from_the_table() -> None:
-    b = CircuitBreaker()
+    b = CircuitBreaker(retry_interval=60.0)
     runtime = {
         (name, t.source, t.dest)
         for name, event in b._fsm.events.items()
@@ -280,7 +280,7 @@ class BreakerModelTest(RuleBasedStateMachine):
         super().__init__()
         self.now = 0.0
         self.interval = 60.0
-        self.b = CircuitBreaker()
+        self.b = CircuitBreaker(retry_interval=60.0)
         self.expected_state = CLOSED
         self.opened_at: float | None = None
         self.holders = 0

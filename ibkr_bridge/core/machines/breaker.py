@@ -13,9 +13,8 @@ Public API (every trigger also takes an optional aware ``wall`` for the log reco
 
 ``Route`` StrEnum: ``DIRECT`` (straight to PostgreSQL), ``BUFFER`` (behind what waits).
 
-``DEFAULT_RETRY_INTERVAL`` 60.0 seconds: the one definition of the retry interval's default.
-
-``CircuitBreaker(retry_interval: float = DEFAULT_RETRY_INTERVAL)``
+``CircuitBreaker(retry_interval: float)``
+    (its default, ``BRIDGE_RETRY_INTERVAL``, is the configuration's: this layer has none)
     ``state``, ``buffering`` (True in OPEN and HALF_OPEN), ``opened_at`` (monotonic time
     of the last opening, None when CLOSED), ``next_retry_at`` (``opened_at +
     retry_interval`` in OPEN, else None), ``probe_held``, ``retry_interval``.
@@ -63,7 +62,6 @@ import transitions
 from ibkr_bridge.core.machines.base import MachineSpec, Rule, StateMachine
 
 __all__ = [
-    "DEFAULT_RETRY_INTERVAL",
     "SPEC",
     "TRANSITIONS",
     "BreakerState",
@@ -72,7 +70,6 @@ __all__ = [
 ]
 
 # Seconds between retries while PostgreSQL is unreachable, when nobody says otherwise.
-DEFAULT_RETRY_INTERVAL: Final = 60.0
 
 
 class BreakerState(StrEnum):
@@ -131,7 +128,7 @@ SPEC: Final = MachineSpec(
     summary=(
         "Decides where a row goes: straight to PostgreSQL (CLOSED) or to the crash-safe "
         "buffer (OPEN, HALF_OPEN). After `retry_interval` seconds "
-        f"({DEFAULT_RETRY_INTERVAL:g} by default) OPEN "
+        "(BRIDGE_RETRY_INTERVAL) OPEN "
         "becomes HALF_OPEN; exactly one probe, the drain task, then replays the buffer. "
         "A failed probe re-opens the breaker; an empty buffer closes it."
     ),
@@ -156,7 +153,7 @@ class CircuitBreaker(StateMachine[BreakerState]):
 
     SPEC = SPEC
 
-    def __init__(self, retry_interval: float = DEFAULT_RETRY_INTERVAL) -> None:
+    def __init__(self, retry_interval: float) -> None:
         retry_interval = float(retry_interval)
         if not math.isfinite(retry_interval) or retry_interval < 0:
             raise ValueError(f"retry_interval must be finite and >= 0, got {retry_interval!r}")

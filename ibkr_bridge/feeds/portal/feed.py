@@ -32,6 +32,7 @@ from datetime import datetime
 
 import attrs
 
+from ibkr_bridge.config import default_of
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import GatewayError
 from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
@@ -77,7 +78,7 @@ class PortalFeed(_MarketData):
         account: str | None = None,
         ca_path: str | None = None,
         verify_tls: bool = True,
-        tickle_interval: float = 60.0,
+        tickle_interval: float = default_of("tickle_interval"),
         clock: Clock | None = None,
         request_timeout: float = 10.0,
         poll_interval: float = DEFAULT_POLL,

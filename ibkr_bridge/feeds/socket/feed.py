@@ -29,6 +29,7 @@ from datetime import datetime
 
 from ib_async import Contract, StartupFetchNONE
 
+from ibkr_bridge.config import default_of
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import AccountSelectionError
 from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
@@ -64,12 +65,12 @@ class SocketFeed:
     def __init__(
         self,
         *,
-        host: str = "127.0.0.1",
-        port: int = 4001,
-        client_id: int = 10,
+        host: str = default_of("socket_host"),
+        port: int = default_of("socket_port"),
+        client_id: int = default_of("client_id"),
         account: str | None = None,
-        market_data_type: int = 1,
-        connect_timeout: float = 10.0,
+        market_data_type: int = default_of("market_data_type"),
+        connect_timeout: float = default_of("connect_timeout"),
         clock: Clock | None = None,
         rule: GreeksRule | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,

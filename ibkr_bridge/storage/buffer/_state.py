@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+from ibkr_bridge.config import default_of
 from ibkr_bridge.storage.buffer._fileio import _NOFOLLOW, _sync_dir, _write_all
 from ibkr_bridge.storage.buffer._format import _FILE_MODE, HEADER_VERSION
 from ibkr_bridge.storage.buffer._quarantine import _Quarantine
@@ -21,7 +22,9 @@ class _BufferState:
     Callers hold ``_mutex``; :class:`~ibkr_bridge.storage.buffer.JsonlBuffer` is the API.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int = 1 << 30, fsync: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, max_bytes: int = default_of("buffer_max_bytes"), fsync: bool = True
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.path = Path(path).expanduser()

@@ -17,6 +17,7 @@ from typing import Final
 
 import attrs
 
+from ibkr_bridge.config import default_of
 from ibkr_bridge.core.errors import PermanentStoreError
 from ibkr_bridge.storage.buffer import CopyBatch, JsonlBuffer
 from ibkr_bridge.storage.buffer._copy import CopyDecoder, reject_text
@@ -25,6 +26,7 @@ from ibkr_bridge.storage.store import EventTuple, GreeksTuple, Store
 # Lines decoded between two yields to the event loop: about a millisecond of work, so the
 # COPY's callbacks (and the rest of the bridge) never wait longer than that.
 _SLICE: Final = 500
+BATCH_SIZE: Final[int] = default_of("batch_size")  # BRIDGE_BATCH_SIZE
 
 
 @attrs.frozen
@@ -45,7 +47,7 @@ async def drain_buffer(
     buffer: JsonlBuffer,
     store: Store,
     *,
-    batch_size: int = 5000,
+    batch_size: int = BATCH_SIZE,
     reject: Reject | None = None,
     on_batch: Callable[[DrainProgress, int], None] | None = None,
 ) -> DrainProgress:

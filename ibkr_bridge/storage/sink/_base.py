@@ -17,10 +17,10 @@ from typing import Any, Final
 
 import attrs
 
+from ibkr_bridge.config import default_of
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import LifecycleError
 from ibkr_bridge.core.machines.breaker import (
-    DEFAULT_RETRY_INTERVAL,
     BreakerState,
     CircuitBreaker,
     Route,
@@ -39,7 +39,10 @@ SPILL_AFTER: Final = 1.0
 MAX_CONSECUTIVE_REJECTIONS: Final = 5
 # Events about rejections: when one of these is itself refused, nothing more is said.
 REJECTION_EVENTS: Final = frozenset({"rejected", "rejections_ended"})
-MEMORY_QUEUE_SIZE: Final = 10_000
+# The settings' defaults, for a writer built without Settings (tests, tools, benchmarks).
+MEMORY_QUEUE_SIZE: Final[int] = default_of("memory_queue_size")
+RETRY_INTERVAL: Final[float] = default_of("retry_interval")
+BATCH_SIZE: Final[int] = default_of("batch_size")
 
 
 @attrs.define
@@ -76,8 +79,8 @@ class _WriterCore:
         *,
         api_mode: str,
         clock: Clock | None = None,
-        retry_interval: float = DEFAULT_RETRY_INTERVAL,
-        batch_size: int = 5000,
+        retry_interval: float = RETRY_INTERVAL,
+        batch_size: int = BATCH_SIZE,
         spill_after: float = SPILL_AFTER,
         max_consecutive_rejections: int = MAX_CONSECUTIVE_REJECTIONS,
         memory_queue_size: int = MEMORY_QUEUE_SIZE,

@@ -16,14 +16,16 @@ from typing import Final, TypeVar
 
 import asyncpg
 
+from ibkr_bridge.config import default_of
 from ibkr_bridge.core.errors import PermanentStoreError, SchemaError, TransientStoreError
 from ibkr_bridge.storage.dberrors import Failure, classify_db_error
 from ibkr_bridge.storage.store._copy import TEMP_DDL
 
 T = TypeVar("T")
 
-COMMAND_TIMEOUT: Final = 10.0
-CONNECT_TIMEOUT: Final = 5.0
+# The settings' defaults (BRIDGE_DB_COMMAND_TIMEOUT, BRIDGE_DB_CONNECT_TIMEOUT).
+COMMAND_TIMEOUT: Final[float] = default_of("db_command_timeout")
+CONNECT_TIMEOUT: Final[float] = default_of("db_connect_timeout")
 # Errors from closing or releasing that leave only one thing to do: terminate.
 _CLOSE_ERRORS: Final = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Final, Literal
 
+import attrs
 from attrs import frozen
 
 Right = Literal["C", "P"]
@@ -127,32 +128,11 @@ def black76(
     Delta and gamma are against the future's price; theta holds the future's price fixed.
     ``None`` at or after expiry or with zero volatility.
     """
-    _check(forward, strike, right)
-    if not _defined(t_years, vol, rate):
-        return None
-    sqrt_t = math.sqrt(t_years)
-    sd = vol * sqrt_t
-    d1 = (math.log(forward / strike) + 0.5 * vol * vol * t_years) / sd
-    d2 = d1 - sd
-    disc = math.exp(-rate * t_years)
-    pdf_d1 = _pdf(d1)
-    if right == "C":
-        price = disc * (forward * _cdf(d1) - strike * _cdf(d2))
-        delta = disc * _cdf(d1)
-    else:
-        price = disc * (strike * _cdf(-d2) - forward * _cdf(-d1))
-        delta = -disc * _cdf(-d1)
-    # dV/dt = r V - e^{-rT} F n(d1) sigma / (2 sqrt T): the discounting decays too.
-    theta = rate * price - disc * forward * pdf_d1 * vol / (2.0 * sqrt_t)
-    return ModelGreeks(
-        price=max(price, 0.0),
-        delta=delta,
-        gamma=disc * pdf_d1 / (forward * sd),
-        vega=forward * disc * pdf_d1 * sqrt_t * VOL_POINT,
-        theta=theta / DAYS_PER_YEAR,
-        implied_vol=vol,
-        model="black76",
-    )
+    # Black-76 is Black-Scholes-Merton on the forward with the carry equal to the rate
+    # (q = r): the same d1, price e^{-rT}(F N(d1) - K N(d2)) and theta
+    # r V - e^{-rT} F n(d1) vol / (2 sqrt T); one implementation serves both.
+    greeks = black_scholes(forward, strike, t_years, vol, rate, right, dividend=rate)
+    return None if greeks is None else attrs.evolve(greeks, model="black76")
 
 
 def price_bounds(

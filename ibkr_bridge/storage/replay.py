@@ -30,7 +30,8 @@ import attrs
 
 from ibkr_bridge.core.errors import PermanentStoreError, TransientStoreError
 from ibkr_bridge.core.records import Record, record_from_json
-from ibkr_bridge.storage.drain import NO_REASON, RejectedFile, _write_all, reason_of
+from ibkr_bridge.storage.buffer._fileio import _iter_lines, _write_all
+from ibkr_bridge.storage.drain import NO_REASON, RejectedFile, reason_of
 from ibkr_bridge.storage.store import Store
 
 
@@ -112,23 +113,12 @@ def parse_entry(line: int, raw: bytes) -> Entry:
     return Entry(line, raw, reason, record, None)
 
 
-def read_entries(fd: int, size: int, chunk: int = 1 << 18) -> Iterator[Entry]:
+def read_entries(fd: int, size: int) -> Iterator[Entry]:
     """The entries in the first ``size`` bytes of ``fd``, in order (blank lines skipped)."""
-    pos = 0
-    line = 0
-    rest = b""
-    while pos < size:
-        data = os.pread(fd, min(chunk, size - pos), pos)
-        if not data:
-            break
-        pos += len(data)
-        *complete, rest = (rest + data).split(b"\n")
-        for raw in complete:
-            line += 1
-            if raw.strip():
-                yield parse_entry(line, raw)
-    if rest.strip():
-        yield parse_entry(line + 1, rest)  # a last line without its newline
+    # A last line without its newline is an entry too: the file's own reader yields it.
+    for line, (_, raw, _complete) in enumerate(_iter_lines(fd, 0, size), start=1):
+        if raw.strip():
+            yield parse_entry(line, raw)
 
 
 async def replay_rejected(

@@ -22,7 +22,6 @@ from ibkr_bridge.storage.drain._rejected import (
     RejectedFileChangedError,
     RejectedSnapshot,
     RejectedSummary,
-    _write_all,
     reason_of,
 )
 
@@ -35,7 +34,6 @@ __all__ = [
     "RejectedFileChangedError",
     "RejectedSnapshot",
     "RejectedSummary",
-    "_write_all",  # the replay (storage.replay) writes the rewritten file with it
     "drain_buffer",
     "reason_of",
 ]

@@ -14,6 +14,7 @@ from typing import Any, Final
 import attrs
 
 from ibkr_bridge.core.errors import RejectedFileChangedError as RejectedFileChangedError
+from ibkr_bridge.storage.buffer._fileio import _sync_dir, _write_all
 
 
 @attrs.frozen
@@ -221,17 +222,3 @@ def _open_locked(path: Path, flags: int, lock: int) -> int:
             os.close(fd)
             raise
         os.close(fd)  # replaced or removed while we waited: try the file there now
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

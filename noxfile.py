@@ -28,8 +28,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
+    """``mypy --strict`` over the package, tests and benchmarks (pyproject's [tool.mypy])."""
     session.install("-e", ".[test]", "mypy")
-    session.run("mypy", "--strict", "ibkr_bridge")
+    session.run("mypy", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -22,7 +22,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from unittest import mock
 
+from ibkr_bridge.core.errors import RecordFormatError
 from ibkr_bridge.storage.buffer import _format
 from ibkr_bridge.storage.buffer._copy import CopyDecoder
 from ibkr_bridge.storage.store import split_raw
@@ -43,7 +45,7 @@ def _orjson_loader() -> Callable[[bytes], dict[str, Any]] | None:
     def loads(line: bytes) -> dict[str, Any]:
         obj = orjson.loads(line)
         if not isinstance(obj, dict):
-            raise _format.RecordFormatError("a buffer line must be a JSON object")
+            raise RecordFormatError("a buffer line must be a JSON object")
         return obj
 
     return loads
@@ -75,14 +77,11 @@ def compare(lines: Sequence[bytes], repeat: int = 3) -> dict[str, float]:
     }
     loads = _orjson_loader()
     if loads is not None:
-        real = _format._loads_object
 
         def with_orjson() -> int:
-            _format._loads_object = loads  # the reference path, orjson decoding
-            try:
+            # The reference path, orjson decoding.
+            with mock.patch.object(_format, "_loads_object", loads):
                 return _stdlib(lines)
-            finally:
-                _format._loads_object = real
 
         runs["orjson"] = with_orjson
     for name in ("stdlib", "orjson", "msgspec"):

@@ -5,6 +5,9 @@ Each table of ``settings.toml`` declares one field of :class:`~ibkr_bridge.confi
 ``type`` and ``check`` name entries of the registries below, so the file holds no code; the
 record class holds only the Python annotations. :func:`declared` puts the two together and
 refuses, at import, a table without its annotation or an annotation without its table.
+Each declared annotation is written ``name: type = DECLARED``: the marker is replaced by the
+table's field, and it shows type checkers (mypy's attrs plugin reads the class body, not
+the decorator) that the field has a default, without writing the default a second time.
 
 :func:`default_of` is the typed default of a field: the one place other layers read a
 default from (the database retry interval, the batch size, ...), never a copy of it.
@@ -80,6 +83,17 @@ _CONSTANTS: Final[Mapping[str, Any]] = {
 T = TypeVar("T")
 
 
+class _Declared:
+    """The type of :data:`DECLARED`, a marker with a readable repr."""
+
+    def __repr__(self) -> str:
+        return f"<declared in {DECLARATIONS.name}>"
+
+
+#: ``name: type = DECLARED``: this field's attrs field, default included, is its table's.
+DECLARED: Final[Any] = _Declared()
+
+
 def _check(table: Mapping[str, Any], parse_as: Any, bounds: Bounds | None) -> Check:
     name = table["check"]
     if name == "one_of":
@@ -124,17 +138,26 @@ def declared(cls: type[T]) -> type[T]:
     """Give each annotated field of ``cls`` the attrs field its table declares (before attrs)."""
     names = list(cls.__annotations__)
     covered: list[str] = []
+    unmarked: list[str] = []
     for table_name, table in _tables().items():
         key = _key(table)
         fields = table.get("fields", [table_name])
         for part, name in enumerate(fields):
             if name not in names:
                 raise TypeError(f"{DECLARATIONS.name} [{table_name}]: {cls.__name__}.{name}?")
+            if cls.__dict__.get(name) is not DECLARED:
+                unmarked.append(name)
             setattr(cls, name, _field(key, part if len(fields) > 1 else None))
             covered.append(name)
     # The declared fields come first in the class, in the file's order: the docs' order.
     if names[: len(covered)] != covered:
         raise TypeError(f"{cls.__name__}: fields {names[: len(covered)]} != declared {covered}")
+    if unmarked:
+        raise TypeError(f"{cls.__name__}: declared fields {unmarked} need `= DECLARED`")
+    # A marker left over has no table: attrs would make the marker itself the default.
+    stray = [name for name in names if cls.__dict__.get(name) is DECLARED]
+    if stray:
+        raise TypeError(f"{cls.__name__}: {stray} are `= DECLARED` without a table")
     return cls
 
 
@@ -148,4 +171,4 @@ def default_of(name: str) -> Any:
     raise KeyError(name)
 
 
-__all__ = ["DECLARATIONS", "declared", "default_of"]
+__all__ = ["DECLARATIONS", "DECLARED", "declared", "default_of"]

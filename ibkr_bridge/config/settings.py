@@ -10,7 +10,7 @@ from typing import Any, Final
 import attrs
 from attrs import field, frozen
 
-from ibkr_bridge.config._declared import declared
+from ibkr_bridge.config._declared import DECLARED, declared
 from ibkr_bridge.config._keys import SettingKey, _keys_of, _record_problems
 from ibkr_bridge.config._values import ApiMode, LogFormat, MissingLegs
 from ibkr_bridge.config.dsn import DatabaseConfig
@@ -72,48 +72,48 @@ class Settings:
     """Every setting of the bridge, typed and validated (see docs/configuration.md).
 
     The fields are declared in ``settings.toml`` (variable, default, meaning, limits), in
-    this order; here are only their Python types.
+    this order; here are only their Python types (``= DECLARED``: the default is the table's).
     """
 
     # IB_*: the TWS API socket side (IB_ACCOUNT serves both modes).
-    api_mode: ApiMode
-    socket_host: str
-    socket_port: int
-    client_id: int
-    account: str | None
-    connect_timeout: float
-    probe_interval: float
-    probe_timeout: float
-    market_data_type: int
+    api_mode: ApiMode = DECLARED
+    socket_host: str = DECLARED
+    socket_port: int = DECLARED
+    client_id: int = DECLARED
+    account: str | None = DECLARED
+    connect_timeout: float = DECLARED
+    probe_interval: float = DECLARED
+    probe_timeout: float = DECLARED
+    market_data_type: int = DECLARED
     # IBKR_*: the Client Portal side.
-    gateway_url: str
-    gateway_ca: Path | None
-    verify_tls: bool
-    tickle_interval: float
+    gateway_url: str = DECLARED
+    gateway_ca: Path | None = DECLARED
+    verify_tls: bool = DECLARED
+    tickle_interval: float = DECLARED
     # BRIDGE_*: the bridge's own behaviour.
-    poll_interval: float
-    buffer_path: Path
-    buffer_max_bytes: int
-    memory_queue_size: int
-    retry_interval: float
-    db_connect_timeout: float
-    db_command_timeout: float
-    batch_size: int
-    reset_window_start: time
-    reset_window_end: time
-    resume_at: time
-    reset_tz: str
-    weekly_window: WeeklyWindow | None
-    backoff: tuple[float, ...]
-    steady_retry: float
-    http_port: int | None
-    http_host: str
-    log_format: LogFormat
-    log_level: str
+    poll_interval: float = DECLARED
+    buffer_path: Path = DECLARED
+    buffer_max_bytes: int = DECLARED
+    memory_queue_size: int = DECLARED
+    retry_interval: float = DECLARED
+    db_connect_timeout: float = DECLARED
+    db_command_timeout: float = DECLARED
+    batch_size: int = DECLARED
+    reset_window_start: time = DECLARED
+    reset_window_end: time = DECLARED
+    resume_at: time = DECLARED
+    reset_tz: str = DECLARED
+    weekly_window: WeeklyWindow | None = DECLARED
+    backoff: tuple[float, ...] = DECLARED
+    steady_retry: float = DECLARED
+    http_port: int | None = DECLARED
+    http_host: str = DECLARED
+    log_format: LogFormat = DECLARED
+    log_level: str = DECLARED
     # How current option Greeks must be (docs/greeks.md, "Staleness and missing legs").
-    stale_after: float | None
-    leg_grace: float
-    missing_legs: MissingLegs
+    stale_after: float | None = DECLARED
+    leg_grace: float = DECLARED
+    missing_legs: MissingLegs = DECLARED
 
     # DATABASE_URL and PG*: the database.
     database: DatabaseConfig = field(factory=DatabaseConfig)

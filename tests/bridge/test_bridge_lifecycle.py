@@ -86,7 +86,11 @@ async def test_backoff_5_10_20_then_steady_and_every_attempt_logged(
             waits.append(deadline - start)
             n = feed.connects
             await clock.advance(deadline - start)
-            await wait_until(lambda n=n: feed.connects == n + 1)
+
+            def reconnected(n: int = n) -> bool:
+                return feed.connects == n + 1
+
+            await wait_until(reconnected)
         await wait_until(lambda: b.connection_state is ConnectionState.LIVE)
         await b.sink.flush()
     assert waits == [5.0, 10.0, 20.0, 60.0, 60.0]

@@ -429,6 +429,7 @@ async def test_a_buffer_the_process_may_not_open_exits_with_the_config_code(
     assert "Traceback" not in output
 
 
+_FIELDS: tuple[str, ...]
 _FIELDS = ("delta", "gamma", "vega", "theta", "underlying_price", "dollar_delta", "legs")
 _FIELDS += ("timestamp", "status", "account", "event")
 _ANY_VALUE = st.one_of(

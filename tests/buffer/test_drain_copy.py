@@ -189,14 +189,11 @@ _FIELDS = [
 
 @st.composite
 def mutated_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
-    record: GreeksRow | ApiEvent = draw(
-        st.sampled_from(
-            [
-                row(1),
-                ApiEvent(timestamp=T0, api_mode="SOCKET", event="e", message="m", key="e1"),
-            ]
-        )
-    )
+    records: list[GreeksRow | ApiEvent] = [
+        row(1),
+        ApiEvent(timestamp=T0, api_mode="SOCKET", event="e", message="m", key="e1"),
+    ]
+    record = draw(st.sampled_from(records))
     text = record_to_json(record)
     obj = json.loads(text)
     for name, token in draw(st.dictionaries(st.sampled_from(_FIELDS), _TOKENS, max_size=2)).items():

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from ibkr_bridge.storage.drain import RejectedFile, RejectedFileChangedError
-from ibkr_bridge.storage.drain import _rejected as drain
 
 
 def keys(path: Path) -> list[str]:
@@ -36,7 +35,7 @@ def test_an_append_that_finds_its_file_replaced_goes_to_the_new_file(
             replaced.append(fd)
         return real_flock(fd, op)
 
-    monkeypatch.setattr(drain.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     rejects("second", "e")
     assert replaced
     assert keys(rejects.path) == ["kept", "second"]  # not lost in the unlinked old file

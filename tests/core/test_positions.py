@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, Unpack
 
 import pytest
 from hypothesis import given
@@ -126,7 +127,14 @@ def _expiry_in(days: int) -> tuple[str, datetime]:
     return day.strftime("%Y%m%d"), expires - timedelta(days=days)
 
 
-def _sentinel_leg(sec_type: str, expiry: str, **kw: float | str | None) -> Leg:
+class _ModelInputs(TypedDict, total=False):
+    """What a test adds to a sentinel leg for the model fallback."""
+
+    implied_vol: float
+    option_price: float
+
+
+def _sentinel_leg(sec_type: str, expiry: str, **kw: Unpack[_ModelInputs]) -> Leg:
     return Leg(
         conid=9,
         symbol="SPY",
@@ -142,7 +150,7 @@ def _sentinel_leg(sec_type: str, expiry: str, **kw: float | str | None) -> Leg:
         expiry=expiry,
         underlying_price=480.0,
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize("sec_type", ["OPT", "FOP"])
@@ -157,6 +165,7 @@ def test_model_greeks_of_a_sentinel_leg_match_quantlib(sec_type: str, days: int)
     assert years_to_expiry(expiry, now) == pytest.approx(days / 365, rel=1e-15)
     want = _quantlib(sec_type == "FOP", 480.0, 500.0, days, 0.31, 0.04, 0.0, "P")
     for a, b in zip((got.delta, got.gamma, got.vega, got.theta), want[1:], strict=True):
+        assert a is not None
         assert close(a, b, 1e-9, 1e-15 * 480)
     (row,) = position_rows([got], timestamp=now, api_mode="SOCKET")
     assert row.greeks_source == "model"

@@ -69,14 +69,18 @@ ENVIRONMENT = {
 
 
 @pytest.mark.parametrize(("sqlstate", "kind"), sorted(DATA.items()))
-def test_data_exceptions_and_constraints_reject_the_record(sqlstate: str, kind: type) -> None:
+def test_data_exceptions_and_constraints_reject_the_record(
+    sqlstate: str, kind: type[asyncpg.PostgresError]
+) -> None:
     exc = server_error(sqlstate)
     assert type(exc) is kind
     assert classify_db_error(exc) is Failure.PERMANENT
 
 
 @pytest.mark.parametrize(("sqlstate", "kind"), sorted(ENVIRONMENT.items()))
-def test_everything_about_the_environment_waits(sqlstate: str, kind: type) -> None:
+def test_everything_about_the_environment_waits(
+    sqlstate: str, kind: type[asyncpg.PostgresError]
+) -> None:
     exc = server_error(sqlstate)
     assert type(exc) is kind
     assert classify_db_error(exc) is Failure.TRANSIENT

@@ -74,7 +74,7 @@ async def test_write_round_trips_values_and_order(store: Store, db: TestDatabase
 
 
 async def test_replay_is_a_noop(store: Store, db: TestDatabase) -> None:
-    batch = [row(0), event(0), row(1)]
+    batch: list[GreeksRow | ApiEvent] = [row(0), event(0), row(1)]
     await store.write(batch)
     await store.write(batch)
     await store.write([row(2), *batch])
@@ -83,7 +83,7 @@ async def test_replay_is_a_noop(store: Store, db: TestDatabase) -> None:
 
 
 async def test_raw_path_equals_record_path(store: Store, db: TestDatabase) -> None:
-    records = [row(0), event(1), row(2, delta=None)]
+    records: list[GreeksRow | ApiEvent] = [row(0), event(1), row(2, delta=None)]
     lines = [json.loads(record_to_json(r)) for r in records]
     await store.write_tuples(*split_raw(lines))
     got = await db.fetch("SELECT bridge_key, delta FROM portfolio_greeks ORDER BY id")

@@ -96,6 +96,7 @@ def expand(sql: str, account: str) -> str:
 
 
 def panel(title: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [p for p in DASHBOARD["panels"] if p["title"] == title]
     return found
 

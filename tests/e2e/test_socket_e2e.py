@@ -54,6 +54,9 @@ class World:
     def state(self) -> ConnectionState:
         return self.bridge.connection_state
 
+    async def reaches(self, state: ConnectionState) -> None:
+        await wait_until(lambda: self.state is state)
+
     async def live_with_data(self) -> None:
         await wait_until(lambda: self.state is ConnectionState.LIVE)
         feed = self.bridge._feed
@@ -137,13 +140,13 @@ async def test_gateway_restart_in_reset_window_waits_until_0005_et(
         await w.live_with_data()
         await w.ticks(6)  # 23:45:00 ET
         await w.sim.restart()
-        await wait_until(lambda w=w: w.state is ConnectionState.RESET_WAIT)
+        await w.reaches(ConnectionState.RESET_WAIT)
         before = w.sim.connections_accepted
         await w.clock.advance(19 * 60)  # 00:04 ET: still waiting, no attempt
         assert w.state is ConnectionState.RESET_WAIT
         assert w.sim.connections_accepted == before
         await w.clock.advance(60)
-        await wait_until(lambda w=w: w.state is ConnectionState.LIVE)
+        await w.reaches(ConnectionState.LIVE)
         assert w.clock.now().astimezone(NY).strftime("%H:%M") == "00:05"
         waits = await w.events("dest_state = 'RESET_WAIT'")
         assert len(waits) == 1
@@ -160,7 +163,7 @@ async def test_gateway_restart_in_the_weekly_window_waits_until_saturday_0300_et
         await w.live_with_data()
         await w.ticks(6)  # 23:45:00 ET
         await w.sim.restart()
-        await wait_until(lambda w=w: w.state is ConnectionState.RESET_WAIT)
+        await w.reaches(ConnectionState.RESET_WAIT)
         before = w.sim.connections_accepted
         await w.clock.advance(20 * 60 + 60)  # 00:06 ET: past the nightly resume, still waiting
         assert w.state is ConnectionState.RESET_WAIT
@@ -168,7 +171,7 @@ async def test_gateway_restart_in_the_weekly_window_waits_until_saturday_0300_et
         assert w.state is ConnectionState.RESET_WAIT
         assert w.sim.connections_accepted == before  # not one attempt in the window
         await w.clock.advance(60)
-        await wait_until(lambda w=w: w.state is ConnectionState.LIVE)
+        await w.reaches(ConnectionState.LIVE)
         assert w.clock.now().astimezone(NY).strftime("%a %H:%M") == "Sat 03:00"
         waits = await w.events("dest_state = 'RESET_WAIT'")
         assert len(waits) == 1

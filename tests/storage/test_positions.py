@@ -3,7 +3,7 @@ horizon over 40 days of a fake clock, COPY with replays that write nothing twice
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -39,7 +39,7 @@ async def test_forty_days_of_partitions_and_rows(db: TestDatabase) -> None:
         assert await existing_partitions(conn) == [
             partition_name(POSITION_TABLE, (START + timedelta(days=d)).date()) for d in range(3)
         ]
-        dropped = []
+        dropped: list[date] = []
         for day in range(40):
             now = START + timedelta(days=day)
             done = await maintain_partitions(conn, now, ahead=2, retention_days=30)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import ClassVar
 
 from ibkr_bridge.sim.portfolio import NEW_YORK, Instrument
 from ibkr_bridge.sim.tws import _codec as wire
@@ -232,7 +232,8 @@ class Requests(MarketData):
     def _log_only(self, conn: Conn, fields: list[str]) -> None:
         log.info("client %s sent request %s (no reply simulated)", conn.client_id, fields[0])
 
-    _handlers: Final[Mapping[int, Callable[[Requests, Conn, list[str]], None]]] = {
+    # A ClassVar, not Final: a subclass (a misbehaving Gateway in a test) may replace it.
+    _handlers: ClassVar[Mapping[int, Callable[[Requests, Conn, list[str]], None]]] = {
         71: _start_api,
         1: _req_mkt_data,
         2: _cancel_mkt_data,

@@ -1,0 +1,103 @@
+"""Plain Black-Scholes (no dividends) for the simulated Greeks, per share in IBKR's units.
+
+Futures options use the same formula on the futures price, so that a test can recompute
+every number the simulators send with :func:`black_scholes`. Vega is per volatility point,
+theta per calendar day.
+
+Not :mod:`ibkr_bridge.core.pricing`: that one has no figure at expiry or zero volatility
+(the simulators send intrinsic value there) and rounds put delta, gamma and vega in another
+order, so the simulators' numbers, and the tests that recompute them, would change.
+"""
+
+from __future__ import annotations
+
+import math
+
+from attrs import frozen
+
+from ibkr_bridge.sim.portfolio._records import Instrument
+
+
+@frozen(kw_only=True)
+class OptionGreeks:
+    """Per-share model values as IBKR's tickOptionComputation carries them."""
+
+    delta: float
+    gamma: float
+    vega: float  # per 1 volatility point (0.01)
+    theta: float  # per calendar day
+    option_price: float
+    implied_vol: float
+    underlying_price: float
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _norm_pdf(x: float) -> float:
+    return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def black_scholes(
+    spot: float, strike: float, t_years: float, vol: float, rate: float, right: str
+) -> OptionGreeks:
+    """Black-Scholes price and Greeks per share (no dividends).
+
+    Vega is per volatility point and theta per calendar day, as IBKR reports them. At or
+    after expiry (``t_years <= 0``) or with zero volatility the option is worth its
+    intrinsic value and only delta is non-zero.
+    """
+    if spot <= 0 or strike <= 0:
+        raise ValueError(f"spot and strike must be positive, got {spot}, {strike}")
+    if vol < 0:
+        raise ValueError(f"volatility must not be negative, got {vol}")
+    if right not in ("C", "P"):
+        raise ValueError(f"right must be 'C' or 'P', got {right!r}")
+    call = right == "C"
+    if t_years <= 0 or vol == 0:
+        intrinsic = max(spot - strike, 0.0) if call else max(strike - spot, 0.0)
+        in_the_money = spot > strike if call else spot < strike
+        delta = (1.0 if call else -1.0) if in_the_money else 0.0
+        return OptionGreeks(
+            delta=delta,
+            gamma=0.0,
+            vega=0.0,
+            theta=0.0,
+            option_price=intrinsic,
+            implied_vol=vol,
+            underlying_price=spot,
+        )
+    sqrt_t = math.sqrt(t_years)
+    d1 = (math.log(spot / strike) + (rate + 0.5 * vol * vol) * t_years) / (vol * sqrt_t)
+    d2 = d1 - vol * sqrt_t
+    discount = math.exp(-rate * t_years)
+    pdf_d1 = _norm_pdf(d1)
+    decay = -spot * pdf_d1 * vol / (2.0 * sqrt_t)
+    if call:
+        price = spot * _norm_cdf(d1) - strike * discount * _norm_cdf(d2)
+        delta = _norm_cdf(d1)
+        theta_year = decay - rate * strike * discount * _norm_cdf(d2)
+    else:
+        price = strike * discount * _norm_cdf(-d2) - spot * _norm_cdf(-d1)
+        delta = _norm_cdf(d1) - 1.0
+        theta_year = decay + rate * strike * discount * _norm_cdf(-d2)
+    return OptionGreeks(
+        delta=delta,
+        gamma=pdf_d1 / (spot * vol * sqrt_t),
+        vega=spot * pdf_d1 * sqrt_t / 100.0,
+        theta=theta_year / 365.0,
+        option_price=price,
+        implied_vol=vol,
+        underlying_price=spot,
+    )
+
+
+def option_greeks(
+    inst: Instrument, spot: float, t_years: float | None, vol: float, rate: float
+) -> OptionGreeks:
+    """:func:`black_scholes` for an option instrument on its underlying's ``spot``."""
+    assert inst.strike is not None
+    assert inst.right is not None
+    assert t_years is not None  # an option always has an expiry
+    return black_scholes(spot, inst.strike, t_years, vol, rate, inst.right)

@@ -37,7 +37,7 @@ Public API:
 ``DatabaseConfig``
     ``DATABASE_URL`` or the libpq ``PG*`` variables; ``repr``/``str``/``redacted()`` never
     show a password; ``dsn`` and ``connect_kwargs()`` are for the one place that connects.
-``ApiMode``, ``LogFormat``, ``MissingLegs``
+``ApiMode``, ``GreeksFallback``, ``LogFormat``, ``MissingLegs``
     String enums for ``IB_API_MODE``, ``BRIDGE_LOG_FORMAT`` and ``BRIDGE_MISSING_LEGS``.
 ``ConfigError(BridgeError, ValueError)``
     ``.problems`` is a tuple of ``"VARIABLE: what is wrong"`` lines.
@@ -67,6 +67,7 @@ from ibkr_bridge.config._values import (
     OUR_PREFIXES,
     SHOWN_CHARS,
     ApiMode,
+    GreeksFallback,
     LogFormat,
     MissingLegs,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Bounds",
     "ConfigError",
     "DatabaseConfig",
+    "GreeksFallback",
     "LogFormat",
     "MissingLegs",
     "SettingKey",

@@ -34,6 +34,11 @@ def _positive(value: Any) -> None:
         raise ValueError(f"{_show(value)} must be a finite number > 0")
 
 
+def _finite(value: Any) -> None:
+    if not (_is_number(value) and math.isfinite(value)):
+        raise ValueError(f"{_show(value)} must be a finite number")
+
+
 def _boolean(value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{_show(value)} is not a boolean")

@@ -27,6 +27,7 @@ from ibkr_bridge.config._checks import Bounds, Check
 from ibkr_bridge.config._keys import SettingKey, _field
 from ibkr_bridge.config._values import (
     ApiMode,
+    GreeksFallback,
     LogFormat,
     MissingLegs,
     _ByteSize,
@@ -42,6 +43,7 @@ DECLARATIONS: Final = Path(__file__).with_name("settings.toml")
 _TYPES: Final[Mapping[str, Any]] = {
     "ApiMode": ApiMode,
     "ByteSize": _ByteSize,
+    "GreeksFallback": GreeksFallback,
     "LogFormat": LogFormat,
     "MissingLegs": MissingLegs,
     "Path": Path,
@@ -62,6 +64,7 @@ _CHECKS: Final[Mapping[str, Check]] = {
     "client_id": checks._client_id,
     "delays": checks._delays,
     "existing_file": checks._existing_file,
+    "finite": checks._finite,
     "host": checks._host,
     "http_url": checks._http_url,
     "integer": checks._integer,

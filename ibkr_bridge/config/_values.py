@@ -69,6 +69,13 @@ class MissingLegs(enum.StrEnum):
     PARTIAL = "partial"  # a row from the other legs, the missing ones in legs_missing
 
 
+class GreeksFallback(enum.StrEnum):
+    """Where a leg's Greeks come from when IB has not computed them (BRIDGE_GREEKS_FALLBACK)."""
+
+    SKIP = "skip"  # none: the leg is missing (BRIDGE_MISSING_LEGS decides)
+    MODEL = "model"  # Black-Scholes / Black-76 from IB's or the mid's implied volatility
+
+
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -211,7 +218,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(WeeklyWindow, _structure_weekly)
     converter.register_structure_hook_func(lambda t: t == _Seconds, _structure_seconds)
     # By class: a StrEnum is also a str, so a predicate hook would lose to the str hook.
-    for kind in (ApiMode, LogFormat, MissingLegs):
+    for kind in (ApiMode, LogFormat, MissingLegs, GreeksFallback):
         converter.register_structure_hook(kind, _structure_enum)
     converter.register_structure_hook_factory(_is_optional, _optional_hook)
     return converter

@@ -12,7 +12,7 @@ from attrs import field, frozen
 
 from ibkr_bridge.config._declared import DECLARED, declared
 from ibkr_bridge.config._keys import SettingKey, _keys_of, _record_problems
-from ibkr_bridge.config._values import ApiMode, LogFormat, MissingLegs
+from ibkr_bridge.config._values import ApiMode, GreeksFallback, LogFormat, MissingLegs
 from ibkr_bridge.config.dsn import DatabaseConfig
 from ibkr_bridge.core.errors import ConfigError
 from ibkr_bridge.core.resetwindow import WeeklyWindow
@@ -114,6 +114,9 @@ class Settings:
     stale_after: float | None = DECLARED
     leg_grace: float = DECLARED
     missing_legs: MissingLegs = DECLARED
+    # Model Greeks where IB has none (docs/greeks.md, "Model Greeks").
+    greeks_fallback: GreeksFallback = DECLARED
+    risk_free_rate: float = DECLARED
 
     # DATABASE_URL and PG*: the database.
     database: DatabaseConfig = field(factory=DatabaseConfig)

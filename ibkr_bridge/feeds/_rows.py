@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
+import attrs
+
 from ibkr_bridge.core.greeks import (
     SEC_TYPES,
     GreeksRule,
@@ -12,6 +14,8 @@ from ibkr_bridge.core.greeks import (
     LegGreeks,
     LegsVerdict,
     aggregate,
+    aggregate_accounts,
+    apply_model,
     flat_row,
     judge_legs,
 )
@@ -28,16 +32,39 @@ def rows_from_legs(
     mode: str,
     prices: Callable[[], Mapping[str, float]],
     broken_farms: Collection[str] = (),
+    accounts: Sequence[str] = (),
 ) -> tuple[LegsVerdict, list[GreeksRow] | None]:
     """The staleness verdict on ``judged``, and the rows for ``now`` (None: do not write).
 
     A book with no leg that carries Greeks is genuinely flat: one flat row. ``prices`` (the
     underlyings' prices by symbol) is asked only when there is something to aggregate.
+    With ``rule.model`` (BRIDGE_GREEKS_FALLBACK=model) an option leg without current IB
+    Greeks past its grace, or with IB's "not computed" values, is priced by the model
+    (:func:`~ibkr_bridge.core.greeks.apply_model`) and then counts as current. With
+    several ``accounts`` (legs carry theirs) each account gets its rows, then all of them
+    under ``account=""``.
     """
     verdict = judge_legs(judged, rule, broken_farms=broken_farms)
+    book = any(leg.sec_type in SEC_TYPES for leg in legs)
+    if rule.model and book:
+        known = prices()
+        legs, verdict = _with_model(legs, judged, verdict, rule, now, known, broken_farms)
+        prices = lambda: known  # noqa: E731  (asked once a tick)
     if not verdict.write:
         return verdict, None  # no data after the request yet, stale, or a leg missing (skip)
-    if not any(leg.sec_type in SEC_TYPES for leg in legs):
+    if len(accounts) > 1:
+        if not book:
+            return verdict, [flat_row(name, now, mode) for name in (*sorted(accounts), "")]
+        rows = aggregate_accounts(
+            legs,
+            timestamp=now,
+            api_mode=mode,
+            accounts=accounts,
+            underlying_prices=prices(),
+            omit=verdict.omit,
+        )
+        return verdict, rows
+    if not book:
         return verdict, [flat_row(account, now, mode)]
     rows = aggregate(
         legs,
@@ -48,3 +75,37 @@ def rows_from_legs(
         omit=verdict.omit,
     )
     return verdict, rows
+
+
+def _with_model(
+    legs: Sequence[Leg],
+    judged: Sequence[LegGreeks],
+    verdict: LegsVerdict,
+    rule: GreeksRule,
+    now: datetime,
+    prices: Mapping[str, float],
+    broken_farms: Collection[str],
+) -> tuple[Sequence[Leg], LegsVerdict]:
+    """The legs with model Greeks where IB's are missing, and the verdict on the others.
+
+    A leg still inside its grace keeps waiting for IB's first Greeks: a fresh subscription
+    is not a missing leg, so it is not priced by the model yet.
+    """
+    at = [i for i, leg in enumerate(legs) if leg.conid not in verdict.waiting]
+    modelled, _ = apply_model(
+        [legs[i] for i in at],
+        now=now,
+        rate=rule.risk_free_rate,
+        underlying_prices=prices,
+        omit=verdict.missing_conids,
+    )
+    filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
+    if not filled:
+        return legs, verdict
+    out = list(legs)
+    for i, leg in zip(at, modelled, strict=True):
+        out[i] = leg
+    rest = [j for j in judged if j.conid not in filled]
+    again = judge_legs(rest, rule, broken_farms=broken_farms)
+    # Every option leg was judged; the model only changed which of them are missing.
+    return out, attrs.evolve(again, legs=verdict.legs)

@@ -545,6 +545,8 @@ BAD_VALUES: dict[str, str] = {
     "BRIDGE_STALE_AFTER": "-5",
     "BRIDGE_LEG_GRACE": "0",
     "BRIDGE_MISSING_LEGS": "zero",
+    "BRIDGE_GREEKS_FALLBACK": "bs",
+    "BRIDGE_RISK_FREE_RATE": "4.5",
     "DATABASE_URL": "mysql://me:s3cret-pw@db/x",
     "PGPORT": "0",
 }

@@ -7,8 +7,10 @@ such legs Black-Scholes (OPT) or Black-76 (FOP) Greeks from :mod:`ibkr_bridge.co
 
 * volatility: IB's implied volatility for the leg when it has one, else the volatility
   implied from the option's mid price, else none (the leg stays missing);
-* underlying price: the underlying's current price (the per-underlying map the feed
-  passes, else the leg's own), the future's price for a futures option;
+* underlying price: for a leg whose IB computation is current but incomplete (some
+  Greeks "not computed"), that computation's own underlying price, which its implied
+  volatility goes with; otherwise the underlying's current price (the per-underlying map
+  the feed passes, else the leg's own); the future's price for a futures option;
 * time: calendar years from ``now`` to 16:00 New York on the expiry date;
 * rate: BRIDGE_RISK_FREE_RATE, continuously compounded; no dividend yield (the bridge has
   no dividend data), which the docs state next to the comparison with QuantLib.
@@ -106,7 +108,10 @@ def apply_model(
         if not needs_model(leg, omit):
             out.append(leg)
             continue
-        g = model_greeks(leg, now=now, rate=rate, underlying_price=prices.get(leg.symbol))
+        # A current IB computation (only some Greeks "not computed") prices its implied vol
+        # at its own underlying price: keep the pair. A missing or stale one: price now.
+        own = None if leg.conid in omit else clean_price(leg.underlying_price)
+        g = model_greeks(leg, now=now, rate=rate, underlying_price=own or prices.get(leg.symbol))
         if g is None:
             out.append(leg)
             continue

@@ -42,6 +42,10 @@ class GreeksRule:
     stale_after: float = 15.0
     leg_grace: float = 30.0
     partial: bool = False  # BRIDGE_MISSING_LEGS=partial
+    # BRIDGE_GREEKS_FALLBACK=model: a leg without IB Greeks past its grace gets model
+    # Greeks at BRIDGE_RISK_FREE_RATE (the settings carry its default) instead of missing.
+    model: bool = False
+    risk_free_rate: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: object, *, default_stale_after: float) -> GreeksRule:
@@ -54,6 +58,8 @@ class GreeksRule:
             stale_after=float(stale_after) if stale_after is not None else default_stale_after,
             leg_grace=float(getattr(settings, "leg_grace", default.leg_grace)),
             partial=str(getattr(settings, "missing_legs", "skip")) == "partial",
+            model=str(getattr(settings, "greeks_fallback", "skip")) == "model",
+            risk_free_rate=float(getattr(settings, "risk_free_rate", default.risk_free_rate)),
         )
 
 

@@ -53,6 +53,23 @@ def option_greeks(fields: Mapping[str, str]) -> GreekFields:
     }
 
 
+def implied_vol(fields: Mapping[str, str]) -> float | None:
+    """Field 7633, "Implied Vol. %", as a fraction (25.3 or "25.3%" -> 0.253), or None."""
+    text = fields.get(IMPLIED_VOL)
+    percent = parse_portal_number(text.strip().removesuffix("%") if text is not None else None)
+    return percent / 100 if percent is not None and percent > 0 else None
+
+
+def option_mid(fields: Mapping[str, str]) -> float | None:
+    """An option's bid/ask midpoint, else its last trade, for implying a volatility."""
+    bid = parse_portal_number(fields.get(BID))
+    ask = parse_portal_number(fields.get(ASK))
+    if bid is not None and ask is not None and 0 < bid <= ask:
+        return (bid + ask) / 2
+    last = parse_portal_number(fields.get(LAST))
+    return last if last is not None and last > 0 else None
+
+
 def traded_price(fields: Mapping[str, str]) -> float | None:
     """An underlying's price: the last trade, else the bid/ask midpoint, else None."""
     price = parse_portal_number(fields.get(LAST))

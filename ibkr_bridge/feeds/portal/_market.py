@@ -19,7 +19,9 @@ from ibkr_bridge.core.greeks import OPTION_SEC_TYPES, GreekFields, Leg, LegGreek
 from ibkr_bridge.feeds.portal._fields import (
     SNAPSHOT_FIELDS,
     has_greeks,
+    implied_vol,
     option_greeks,
+    option_mid,
     snapshot_fields,
     traded_price,
 )
@@ -157,6 +159,12 @@ class _MarketData(_PositionsReader):
                 )
                 if market is not None:
                     greeks = option_greeks(market.fields)
+                    implied = implied_vol(market.fields)
+                    mid = option_mid(market.fields)
+                else:
+                    implied = mid = None
+            else:
+                implied = mid = None
             legs.append(
                 Leg(
                     conid=pos.conid,
@@ -167,6 +175,11 @@ class _MarketData(_PositionsReader):
                     **greeks,
                     # Client Portal strings carry no -2 sentinel: "-2.000" is a real theta.
                     ib_sentinels=False,
+                    right=pos.right,
+                    strike=pos.strike,
+                    expiry=pos.expiry,
+                    implied_vol=implied,
+                    option_price=mid,
                 )
             )
         return legs, judged

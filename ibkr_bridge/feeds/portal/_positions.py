@@ -8,10 +8,16 @@ positions are kept and one ``garbage`` event says why. A change of the book is r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ibkr_bridge.core.greeks import FUTURE_SEC_TYPES, OPTION_SEC_TYPES, multiplier_from
+from ibkr_bridge.core.greeks import (
+    FUTURE_SEC_TYPES,
+    OPTION_SEC_TYPES,
+    multiplier_from,
+    parse_portal_number,
+)
 from ibkr_bridge.core.redaction import gateway_text
 from ibkr_bridge.feeds.portal._keeper import _SessionKeeper
 from ibkr_bridge.feeds.portal._wire import (
@@ -77,7 +83,10 @@ class _PositionsReader(_SessionKeeper):
             ),
             str(conid),
         )
-        return PortalPosition(conid, symbol, sec_type, quantity, multiplier, underlying)
+        right, strike, expiry = _option_terms(raw) if sec_type in OPTION_SEC_TYPES else (None,) * 3
+        return PortalPosition(
+            conid, symbol, sec_type, quantity, multiplier, underlying, right, strike, expiry
+        )
 
     async def _refresh_positions(self) -> bool:
         """Re-read every page of positions; False (old positions kept) if that failed."""
@@ -139,3 +148,15 @@ class _PositionsReader(_SessionKeeper):
                 },
             )
         return True
+
+
+def _option_terms(raw: Mapping[str, Any]) -> tuple[str | None, float | None, str | None]:
+    """``putOrCall``, ``strike`` and ``expiry`` of a position row; None where absent or odd."""
+    right = str(raw.get("putOrCall") or "").strip().upper()[:1]
+    strike = parse_portal_number(raw.get("strike"))
+    expiry = str(raw.get("expiry") or "").strip()
+    return (
+        right if right in ("C", "P") else None,
+        strike if strike is not None and strike > 0 else None,
+        expiry if len(expiry) == 8 and expiry.isdigit() else None,
+    )

@@ -84,6 +84,10 @@ class PortalPosition:
     quantity: float
     multiplier: float
     underlying_conid: int | None
+    # An option's terms, for the model fallback; None when the gateway did not say.
+    right: str | None = None
+    strike: float | None = None
+    expiry: str | None = None  # YYYYMMDD
 
 
 @frozen

@@ -8,9 +8,9 @@ was first seen, like a requested one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
-from ib_async import Contract, OptionComputation
+from ib_async import Contract, OptionComputation, Ticker
 
 from ibkr_bridge.core.greeks import (
     FUTURE_SEC_TYPES,
@@ -19,6 +19,7 @@ from ibkr_bridge.core.greeks import (
     GreekFields,
     Leg,
     LegGreeks,
+    clean_price,
 )
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
@@ -41,10 +42,12 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
         sub = session.subs.get(contract.conId)
         ticker = sub.ticker if sub is not None else None
         values: GreekFields
+        option: _OptionFields = {}
         if sec_type in OPTION_SEC_TYPES:
             greeks = ticker.modelGreeks if ticker is not None else None
             judged.append(_judged(session, contract, sec_type, sub, greeks, mono))
             values = _option_values(greeks)
+            option = _option_fields(contract, greeks, ticker)
         else:
             price = _ticker_price(ticker) if sec_type in FUTURE_SEC_TYPES else None
             values = {"underlying_price": price}
@@ -57,6 +60,8 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
                 multiplier=_multiplier(contract.multiplier),
                 **values,
                 ib_sentinels=True,  # ib_async marks a Greek not computed with -2
+                local_symbol=contract.localSymbol or "",
+                **option,
             )
         )
     return legs, judged
@@ -95,6 +100,40 @@ def _option_values(greeks: OptionComputation | None) -> GreekFields:
         "theta": greeks.theta,
         "underlying_price": greeks.undPrice,
     }
+
+
+class _OptionFields(TypedDict, total=False):
+    """What the model fallback needs of an option leg (``Leg(**fields)``)."""
+
+    right: str | None
+    strike: float | None
+    expiry: str | None
+    implied_vol: float | None
+    option_price: float | None
+
+
+def _option_fields(
+    contract: Contract, greeks: OptionComputation | None, ticker: Ticker | None
+) -> _OptionFields:
+    """The contract's terms, IB's implied volatility and the option's mid price."""
+    right = (contract.right or "").upper()[:1]  # ib_async may say "C", "CALL", "P" or "PUT"
+    return {
+        "right": right if right in ("C", "P") else None,
+        "strike": clean_price(contract.strike),
+        "expiry": contract.lastTradeDateOrContractMonth or None,
+        "implied_vol": clean_price(greeks.impliedVol) if greeks is not None else None,
+        "option_price": _option_mid(ticker),
+    }
+
+
+def _option_mid(ticker: Ticker | None) -> float | None:
+    """The option's bid/ask midpoint, else its last trade (to imply a volatility from)."""
+    if ticker is None:
+        return None
+    bid, ask = clean_price(ticker.bid), clean_price(ticker.ask)
+    if bid is not None and ask is not None and ask >= bid:
+        return (bid + ask) / 2
+    return clean_price(ticker.last)
 
 
 def underlying_prices(session: _Session) -> dict[str, float]:

@@ -1,8 +1,9 @@
-"""The two kinds of record the bridge stores, and their JSON form.
+"""The kinds of record the bridge stores, and their JSON form.
 
-Both are frozen attrs records carrying their own idempotency ``key``: the same record
-written twice (a replayed buffer line, a retried commit whose reply was lost) is a no-op
-in the database because the key column is unique.
+Net Greeks rows, ``api_logs`` events and per-position rows (``position_greeks``) are frozen
+attrs records carrying their own idempotency ``key``: the same record written twice (a
+replayed buffer line, a retried commit whose reply was lost) is a no-op in the database
+because the key column is unique.
 
 The JSON form is what the crash-safe buffer holds, one object per line::
 
@@ -97,15 +98,58 @@ class ApiEvent:
     type: ClassVar[Literal["api_log"]] = "api_log"
 
 
-Record = GreeksRow | ApiEvent
+def _opt_float() -> Any:
+    """A float column that may be NULL, never NaN or infinite (as in GreeksRow)."""
+    return field(default=None, converter=_float_or_none, validator=_finite_or_none)
+
+
+@frozen(kw_only=True)
+class PositionRow:
+    """One leg of one tick: the position's share of the net Greeks (``position_greeks``)."""
+
+    timestamp: datetime = field(validator=_aware)
+    account: str
+    api_mode: str
+    conid: int
+    symbol: str  # the contract's own symbol (local symbol), else the underlying's
+    underlying: str
+    sec_type: str
+    right: str | None = None
+    strike: float | None = _opt_float()
+    expiry: str | None = None
+    multiplier: float = 1.0
+    position: float
+    delta: float | None = _opt_float()  # position * multiplier * per-share delta
+    gamma: float | None = _opt_float()
+    vega: float | None = _opt_float()
+    theta: float | None = _opt_float()
+    unit_delta: float | None = _opt_float()  # IB's (or the model's) per-share Greeks
+    unit_gamma: float | None = _opt_float()
+    unit_vega: float | None = _opt_float()
+    unit_theta: float | None = _opt_float()
+    implied_vol: float | None = _opt_float()
+    underlying_price: float | None = _opt_float()
+    greeks_source: str | None = None  # "ib", "model", or None when the leg has none
+    key: str
+
+    type: ClassVar[Literal["position"]] = "position"
+
+
+Record = GreeksRow | ApiEvent | PositionRow
 
 _GREEKS_FIELDS: Final = tuple(a.name for a in attrs.fields(GreeksRow) if a.name != "key")
 _EVENT_FIELDS: Final = tuple(a.name for a in attrs.fields(ApiEvent) if a.name != "key")
+_POSITION_FIELDS: Final = tuple(a.name for a in attrs.fields(PositionRow) if a.name != "key")
+_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "greeks": _GREEKS_FIELDS,
+    "api_log": _EVENT_FIELDS,
+    "position": _POSITION_FIELDS,
+}
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
     """The JSON-ready form of a record (one buffer line)."""
-    names = _GREEKS_FIELDS if isinstance(record, GreeksRow) else _EVENT_FIELDS
+    names = _FIELDS[record.type]
     data: dict[str, Any] = {}
     for name in names:
         value = getattr(record, name)
@@ -144,6 +188,8 @@ def record_from_dict(obj: Mapping[str, Any]) -> Record:
             return GreeksRow(key=key, **data)
         if kind == "api_log":
             return ApiEvent(key=key, **data)
+        if kind == "position":
+            return PositionRow(key=key, **data)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordFormatError(f"bad {kind} record: {exc}") from None
     raise RecordFormatError(f"unknown record type {kind!r}")

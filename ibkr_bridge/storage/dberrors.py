@@ -13,7 +13,9 @@ A database failure is judged by what it means, in one place, :func:`classify_db_
   for everything else: cannot connect, DNS, TLS, a DSN asyncpg cannot use, authentication
   (28), database missing (3D000), table or column missing (42P01, 42703), insufficient
   privilege (42501), read-only transaction after a failover (25006), disk full (53100),
-  shutdowns (57), deadlocks (40), and any exception nobody foresaw. The breaker opens and
+  shutdowns (57), deadlocks (40), no partition of ``position_greeks`` for the row's day
+  (23514 "no partition of relation": class 23, yet the environment's), and any exception
+  nobody foresaw. The breaker opens and
   the records wait in the buffer; guessing "environment" for an unknown failure costs a
   wait, guessing "bad data" would cost the row.
 
@@ -40,6 +42,7 @@ class Failure(enum.Enum):
 # data exception (22) and integrity constraint violation (23).
 _DATA_SQLSTATE_CLASSES: Final = frozenset({"22", "23"})
 _UNIQUE_VIOLATION: Final = "23505"
+_CHECK_VIOLATION: Final = "23514"
 # The schema's unique indexes on the idempotency key are named <table>_bridge_key_uq.
 _IDEMPOTENCY_COLUMN: Final = "bridge_key"
 # A table or column vanishing mid-run (dropped by someone) is repaired by re-running the
@@ -70,7 +73,11 @@ def classify_db_error(exc: BaseException) -> Failure:
         return Failure.PERMANENT
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", None) or ""
-        if state[:2] in _DATA_SQLSTATE_CLASSES and not is_replay(exc):
+        if (
+            state[:2] in _DATA_SQLSTATE_CLASSES
+            and not is_replay(exc)
+            and not is_missing_partition(exc)
+        ):
             return Failure.PERMANENT
         # A replay reaching here is retried through the store's ON CONFLICT path, where it
         # is a no-op: waiting is right, rejecting a row that is stored would be wrong.
@@ -87,6 +94,21 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def is_schema_problem(exc: BaseException) -> bool:
-    """True when the failure says a bridge table or column is missing."""
+    """True when the failure says a bridge table, column or partition is missing."""
     state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and state in _SCHEMA_SQLSTATES
+    return isinstance(exc, asyncpg.PostgresError) and (
+        state in _SCHEMA_SQLSTATES or is_missing_partition(exc)
+    )
+
+
+def is_missing_partition(exc: BaseException) -> bool:
+    """PostgreSQL found no partition of ``position_greeks`` for a row (23514).
+
+    SQLSTATE class 23, but not the row's fault: the day's partition has not been made
+    (the bridge was down across days, or the clock jumped). The schema probe makes it.
+    """
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and getattr(exc, "sqlstate", None) == _CHECK_VIOLATION
+        and str(getattr(exc, "message", "") or exc).startswith("no partition of relation")
+    )

@@ -15,22 +15,37 @@ fails as a whole; :func:`copy_positions` then goes through a temporary table and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
+from attrs import frozen
 
-from ibkr_bridge.core.greeks import PositionRow
 from ibkr_bridge.core.partitions import (
+    DEFAULT_AHEAD,
     PartitionPlan,
     day_bounds,
     partition_day,
     partition_name,
     plan,
 )
+from ibkr_bridge.core.records import PositionRow, utcnow
+from ibkr_bridge.storage.dberrors import is_replay
 
 POSITION_TABLE: Final = "position_greeks"
+
+
+@frozen
+class PositionTables:
+    """What the store keeps of ``position_greeks`` (BRIDGE_POSITION_ROWS=true): the table,
+    partitions ``ahead`` days in advance, and with ``retention_days`` no older ones."""
+
+    ahead: int = DEFAULT_AHEAD
+    retention_days: int | None = None
+    now: Callable[[], datetime] = utcnow  # the bridge passes its clock's
+
+
 # Partition DDL from two bridges at once would race; the same idea as the schema's lock.
 PARTITION_LOCK_ID: Final = 0x1BB2_B41E
 
@@ -65,7 +80,7 @@ COPY_COLUMNS: Final = tuple(name for name, _ in COLUMNS)
 CREATE_SQL: Final = f"""
 CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (
     {", ".join(f'"{name}" {ddl}' for name, ddl in COLUMNS)},
-    CONSTRAINT {POSITION_TABLE}_key UNIQUE (bridge_key, timestamp)
+    CONSTRAINT {POSITION_TABLE}_bridge_key_uq UNIQUE (bridge_key, timestamp)
 ) PARTITION BY RANGE (timestamp);
 CREATE INDEX IF NOT EXISTS {POSITION_TABLE}_time_idx ON {POSITION_TABLE} (timestamp DESC);
 CREATE INDEX IF NOT EXISTS {POSITION_TABLE}_underlying_idx
@@ -142,15 +157,23 @@ async def maintain_partitions(
 async def copy_positions(conn: asyncpg.Connection, rows: Sequence[PositionRow]) -> None:
     """COPY the rows inside the caller's transaction; a replayed key makes the batch a no-op
     for the rows already there (and writes the rest)."""
-    if not rows:
+    await copy_position_tuples(conn, [position_tuple(r) for r in rows])
+
+
+async def copy_position_tuples(
+    conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]
+) -> None:
+    """:func:`copy_positions` for rows already in COPY_COLUMNS order."""
+    if not records:
         return
-    records = [position_tuple(r) for r in rows]
     try:
         async with conn.transaction():  # a savepoint: the failed COPY is undone alone
             await conn.copy_records_to_table(POSITION_TABLE, records=records, columns=COPY_COLUMNS)
         return
-    except asyncpg.UniqueViolationError:
-        pass
+    except asyncpg.UniqueViolationError as exc:
+        if not is_replay(exc):
+            raise  # not the idempotency key: the record's own data
+
     await conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} "
         f"(LIKE {POSITION_TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

@@ -51,7 +51,7 @@ from ibkr_bridge.core.machines.breaker import BreakerState
 from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.storage.buffer import JsonlBuffer
 from ibkr_bridge.storage.sink import DurableWriter
-from ibkr_bridge.storage.store import EventTuple, GreeksTuple, Store
+from ibkr_bridge.storage.store import EventTuple, GreeksTuple, PositionTuple, Store
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
 T0 = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)
@@ -148,9 +148,12 @@ class HoldingStore(Store):
         self.holding = asyncio.Event()
 
     async def write_tuples(
-        self, greeks: Sequence[GreeksTuple], events: Sequence[EventTuple]
+        self,
+        greeks: Sequence[GreeksTuple],
+        events: Sequence[EventTuple],
+        positions: Sequence[PositionTuple] = (),
     ) -> None:
-        await super().write_tuples(greeks, events)
+        await super().write_tuples(greeks, events, positions)
         if self.hold_after_commit and greeks:
             self.holding.set()
             await asyncio.get_running_loop().create_future()  # until the crash cancels it

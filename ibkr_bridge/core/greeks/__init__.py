@@ -26,7 +26,6 @@ from ibkr_bridge.core.greeks._aggregate import GreekFields, Leg, aggregate, flat
 from ibkr_bridge.core.greeks._model import apply_model, model_greeks, needs_model, years_to_expiry
 from ibkr_bridge.core.greeks._positions import (
     ALL_ACCOUNTS,
-    PositionRow,
     aggregate_accounts,
     position_key,
     position_rows,
@@ -50,6 +49,7 @@ from ibkr_bridge.core.greeks.staleness import (
     LegsVerdict,
     judge_legs,
 )
+from ibkr_bridge.core.records import PositionRow
 
 __all__ = [
     "ALL_ACCOUNTS",

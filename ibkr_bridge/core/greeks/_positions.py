@@ -16,9 +16,7 @@ import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final, Literal
-
-from attrs import field, frozen
+from typing import Final
 
 from ibkr_bridge.core.greeks._aggregate import Leg, _times, aggregate, flat_row
 from ibkr_bridge.core.greeks._values import (
@@ -31,46 +29,9 @@ from ibkr_bridge.core.greeks._values import (
     clean_price,
     multiplier_from,
 )
-from ibkr_bridge.core.records import GreeksRow, _aware, _finite_or_none, _float_or_none
+from ibkr_bridge.core.records import GreeksRow, PositionRow
 
 ALL_ACCOUNTS: Final = ""
-
-
-def _opt_float() -> Any:
-    """A float column that may be NULL, never NaN or infinite (as in GreeksRow)."""
-    return field(default=None, converter=_float_or_none, validator=_finite_or_none)
-
-
-@frozen(kw_only=True)
-class PositionRow:
-    """One leg of one tick: the position's share of the net Greeks (``position_greeks``)."""
-
-    timestamp: datetime = field(validator=_aware)
-    account: str
-    api_mode: str
-    conid: int
-    symbol: str  # the contract's own symbol (local symbol), else the underlying's
-    underlying: str
-    sec_type: str
-    right: str | None = None
-    strike: float | None = _opt_float()
-    expiry: str | None = None
-    multiplier: float = 1.0
-    position: float
-    delta: float | None = _opt_float()  # position * multiplier * per-share delta
-    gamma: float | None = _opt_float()
-    vega: float | None = _opt_float()
-    theta: float | None = _opt_float()
-    unit_delta: float | None = _opt_float()  # IB's (or the model's) per-share Greeks
-    unit_gamma: float | None = _opt_float()
-    unit_vega: float | None = _opt_float()
-    unit_theta: float | None = _opt_float()
-    implied_vol: float | None = _opt_float()
-    underlying_price: float | None = _opt_float()
-    greeks_source: str | None = None  # "ib", "model", or None when the leg has none
-    key: str
-
-    type: ClassVar[Literal["position"]] = "position"
 
 
 def position_key(account: str, conid: int, timestamp: datetime, api_mode: str) -> str:

@@ -28,8 +28,16 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from ibkr_bridge.core.records import PositionRow, record_from_dict
 from ibkr_bridge.storage.buffer._format import _CRC_OPEN, _CRC_TAIL, _parse_raw_line
-from ibkr_bridge.storage.store import GREEKS_COPY_COLUMNS, EventTuple, GreeksTuple, split_raw
+from ibkr_bridge.storage.positions import position_tuple
+from ibkr_bridge.storage.store import (
+    GREEKS_COPY_COLUMNS,
+    EventTuple,
+    GreeksTuple,
+    PositionTuple,
+    split_raw,
+)
 
 _OPEN_BRACE: Final = ord("{")
 _CLOSE_BRACE: Final = ord("}")
@@ -80,12 +88,13 @@ class CopyDecoder:
     Not thread-safe; one per batch, fed slice by slice with :meth:`decode`.
     """
 
-    __slots__ = ("checksummed", "events", "greeks")
+    __slots__ = ("checksummed", "events", "greeks", "positions")
 
     def __init__(self, checksummed: bool) -> None:
         self.checksummed = checksummed
         self.greeks: list[GreeksTuple] = []
         self.events: list[EventTuple] = []
+        self.positions: list[PositionTuple] = []
 
     def decode(self, lines: Sequence[bytes], lo: int, hi: int) -> list[tuple[int, Exception]]:
         """Decode ``lines[lo:hi]`` (``seq`` = index); returns (index, why) of the bad ones."""
@@ -138,7 +147,13 @@ class CopyDecoder:
     def _slow(self, seq: int, line: bytes) -> Exception | None:
         """The reference path: the stdlib parser, the live validators, ``split_raw``."""
         try:
-            greeks, events = split_raw([_parse_raw_line(line, self.checksummed)])
+            obj = _parse_raw_line(line, self.checksummed)
+            if obj["type"] == "position":  # per-position rows: rare enough for the records
+                record = record_from_dict(obj)
+                assert isinstance(record, PositionRow)
+                self.positions.append((seq, *position_tuple(record)))
+                return None
+            greeks, events = split_raw([obj])
         except Exception as exc:  # any failure to parse a line is that line's fault
             return exc
         self.greeks.extend((seq, *g[1:]) for g in greeks)

@@ -34,6 +34,7 @@ from ibkr_bridge.core.records import (
     SCHEMA_VERSION,
     ApiEvent,
     GreeksRow,
+    PositionRow,
     Record,
     RecordFormatError,
     record_from_dict,
@@ -64,7 +65,7 @@ _DIR_MODE: Final = 0o700
 # The data fields of each record type's line as this version writes them.
 _FIELDS: Final[dict[Any, frozenset[str]]] = {
     cls.type: frozenset(a.name for a in attrs.fields(cls) if a.name != "key")
-    for cls in (GreeksRow, ApiEvent)
+    for cls in (GreeksRow, ApiEvent, PositionRow)
 }
 _QUARANTINE_FLUSH: Final = 1000
 
@@ -189,7 +190,7 @@ _CHECKS: Final[dict[Any, tuple[_Check, ...]]] = {
         for a in attrs.fields(cls)
         if a.name != "key" and (a.converter is not None or a.validator is not None)
     )
-    for cls in (GreeksRow, ApiEvent)
+    for cls in (GreeksRow, ApiEvent, PositionRow)
 }
 
 

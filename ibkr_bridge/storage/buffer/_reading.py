@@ -16,13 +16,13 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-from attrs import frozen
+from attrs import field, frozen
 
 from ibkr_bridge.storage.buffer._copy import CopyDecoder
 from ibkr_bridge.storage.buffer._fileio import _iter_lines
 from ibkr_bridge.storage.buffer._format import Batch, RawBatch, T, _Bad
 from ibkr_bridge.storage.buffer._recovery import _Recovering
-from ibkr_bridge.storage.store import EventTuple, GreeksTuple
+from ibkr_bridge.storage.store import EventTuple, GreeksTuple, PositionTuple
 
 _READ: Final = 1 << 21  # bytes per pread of a bulk read: a 5,000-line batch in one or two
 
@@ -55,10 +55,11 @@ class CopyBatch:
     quarantined: int
     file_id: str | None = None
     checksummed: bool = True
+    positions: list[PositionTuple] = field(factory=list)
 
     @property
     def records(self) -> int:
-        return len(self.greeks) + len(self.events)
+        return len(self.greeks) + len(self.events) + len(self.positions)
 
 
 AnyBatch = Batch | RawBatch | CopyBatch
@@ -130,6 +131,7 @@ class _Reading(_Recovering):
             len(bad),
             span.file_id,
             span.checksummed,
+            decoder.positions,
         )
 
     def read_copy_batch(self, max_records: int, *, after: AnyBatch | None = None) -> CopyBatch:

@@ -21,7 +21,7 @@ from ibkr_bridge.config import default_of
 from ibkr_bridge.core.errors import PermanentStoreError
 from ibkr_bridge.storage.buffer import CopyBatch, JsonlBuffer
 from ibkr_bridge.storage.buffer._copy import CopyDecoder, reject_text
-from ibkr_bridge.storage.store import EventTuple, GreeksTuple, Store
+from ibkr_bridge.storage.store import EventTuple, GreeksTuple, PositionTuple, Store
 
 # Lines decoded between two yields to the event loop: about a millisecond of work, so the
 # COPY's callbacks (and the rest of the bridge) never wait longer than that.
@@ -101,23 +101,24 @@ async def _read(buffer: JsonlBuffer, batch_size: int, after: CopyBatch | None) -
 async def _write(store: Store, batch: CopyBatch, reject: Reject | None) -> int:
     """Write the batch in one transaction; if PostgreSQL refuses it as data, line by line."""
     try:
-        await store.write_tuples(batch.greeks, batch.events)
+        await store.write_tuples(batch.greeks, batch.events, batch.positions)
         return 0
     except PermanentStoreError:
         pass
     refused = 0
     # In the lines' order (a tuple's first item is its seq): one refused line never blocks
     # the lines behind it.
-    singles: list[tuple[list[GreeksTuple], list[EventTuple]]] = sorted(
-        [([g], []) for g in batch.greeks] + [([], [e]) for e in batch.events],
-        key=lambda one: (one[0] or one[1])[0][0],
+    singles: list[tuple[int, list[GreeksTuple], list[EventTuple], list[PositionTuple]]] = sorted(
+        [(g[0], [g], [], []) for g in batch.greeks]
+        + [(e[0], [], [e], []) for e in batch.events]
+        + [(p[0], [], [], [p]) for p in batch.positions],
+        key=lambda one: one[0],
     )
-    for greeks, events in singles:
+    for seq, greeks, events, positions in singles:
         try:
-            await store.write_tuples(greeks, events)
+            await store.write_tuples(greeks, events, positions)
         except PermanentStoreError as exc:
             refused += 1
             if reject is not None:
-                seq = (greeks or events)[0][0]
                 reject(reject_text(batch.lines[seq], batch.checksummed), str(exc))
     return refused

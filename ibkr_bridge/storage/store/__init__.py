@@ -32,7 +32,13 @@ from typing import Any
 import asyncpg
 
 from ibkr_bridge.core.errors import PermanentStoreError
+from ibkr_bridge.core.partitions import PartitionPlan
 from ibkr_bridge.core.records import ApiEvent, GreeksRow, Record
+from ibkr_bridge.storage.positions import (
+    PositionTables,
+    create_position_table,
+    maintain_partitions,
+)
 from ibkr_bridge.storage.schema import check_bridge_schema, ensure_bridge_schema
 from ibkr_bridge.storage.store._copy import copy_batch, trial_copy
 from ibkr_bridge.storage.store._pool import (
@@ -46,6 +52,7 @@ from ibkr_bridge.storage.store._rows import (
     GREEKS_COPY_COLUMNS,
     EventTuple,
     GreeksTuple,
+    PositionTuple,
     event_tuple,
     greeks_tuple,
     split_raw,
@@ -57,6 +64,8 @@ __all__ = [
     "GREEKS_COPY_COLUMNS",
     "EventTuple",
     "GreeksTuple",
+    "PositionTables",
+    "PositionTuple",
     "Store",
     "event_tuple",
     "greeks_tuple",
@@ -80,6 +89,7 @@ class Store(_Pooled):
         connect_timeout: float = CONNECT_TIMEOUT,
         command_timeout: float = COMMAND_TIMEOUT,
         max_size: int = 2,
+        positions: PositionTables | None = None,
         **connect_kwargs: Any,
     ) -> Store:
         """A store whose pool connects lazily (min_size 0) with the given deadlines."""
@@ -95,12 +105,32 @@ class Store(_Pooled):
             max_inactive_connection_lifetime=60.0,
             **connect_kwargs,
         )
-        return cls(pool, command_timeout=command_timeout, acquire_timeout=connect_timeout)
+        store = cls(pool, command_timeout=command_timeout, acquire_timeout=connect_timeout)
+        store.positions = positions
+        return store
+
+    #: ``position_greeks`` is kept (created, partitioned ahead) when set.
+    positions: PositionTables | None = None
 
     # -- probes -------------------------------------------------------------------------
 
     async def ensure_schema(self) -> None:
+        """The bridge's tables (and ``position_greeks`` with its partitions, when kept)."""
         await self._run(_ensure_or_check)
+        if self.positions is not None:
+            keep = self.positions
+            await self._run(lambda conn: create_position_table(conn, keep.now(), keep.ahead))
+
+    async def maintain_partitions(self) -> PartitionPlan | None:
+        """Create the partitions ahead and drop those past retention; what was done."""
+        keep = self.positions
+        if keep is None:
+            return None
+        return await self._run(
+            lambda conn: maintain_partitions(
+                conn, keep.now(), ahead=keep.ahead, retention_days=keep.retention_days
+            )
+        )
 
     async def ping(self) -> None:
         """One round trip; raises a StoreError when the database cannot answer."""
@@ -111,9 +141,9 @@ class Store(_Pooled):
 
         False when PostgreSQL refuses them as data; a transient failure raises as usual.
         """
-        greeks, events = split_records(records)
+        greeks, events, positions = split_records(records)
         try:
-            await self._run(lambda conn: trial_copy(conn, greeks, events))
+            await self._run(lambda conn: trial_copy(conn, greeks, events, positions))
         except PermanentStoreError:
             return False
         return True
@@ -123,8 +153,7 @@ class Store(_Pooled):
     async def write(self, records: Sequence[Record]) -> None:
         """Write records in one transaction, in order; replays are no-ops."""
         if records:
-            greeks, events = split_records(records)
-            await self.write_tuples(greeks, events)
+            await self.write_tuples(*split_records(records))
 
     async def write_portfolio_snapshot(self, row: GreeksRow) -> None:
         await self.write([row])
@@ -133,10 +162,13 @@ class Store(_Pooled):
         await self.write([event])
 
     async def write_tuples(
-        self, greeks: Sequence[GreeksTuple], events: Sequence[EventTuple]
+        self,
+        greeks: Sequence[GreeksTuple],
+        events: Sequence[EventTuple],
+        positions: Sequence[PositionTuple] = (),
     ) -> None:
-        if greeks or events:
-            await self._run(lambda conn: copy_batch(conn, greeks, events))
+        if greeks or events or positions:
+            await self._run(lambda conn: copy_batch(conn, greeks, events, positions))
 
 
 async def _ensure_or_check(conn: asyncpg.Connection) -> None:

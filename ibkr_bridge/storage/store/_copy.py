@@ -16,12 +16,14 @@ import asyncpg
 
 from ibkr_bridge.core.greeks import PORTFOLIO
 from ibkr_bridge.storage.dberrors import is_replay
+from ibkr_bridge.storage.positions import copy_position_tuples
 from ibkr_bridge.storage.schema import EVENTS_TABLE, GREEKS_TABLE, UNDERLYING_TABLE
 from ibkr_bridge.storage.store._rows import (
     EVENTS_COPY_COLUMNS,
     GREEKS_COPY_COLUMNS,
     EventTuple,
     GreeksTuple,
+    PositionTuple,
     by_table,
 )
 
@@ -81,34 +83,53 @@ async def _copy_direct(
 
 
 async def copy_batch(
+    conn: asyncpg.Connection,
+    greeks: Sequence[GreeksTuple],
+    events: Sequence[EventTuple],
+    positions: Sequence[PositionTuple] = (),
+) -> None:
+    """Write one batch in one transaction, in order; replayed keys are skipped.
+
+    A tick's per-position rows go in the same transaction as its PORTFOLIO row, so a reader
+    never sees the net without its legs, nor the legs without the net.
+    """
+    async with conn.transaction():
+        if positions:
+            await copy_position_tuples(conn, [p[1:] for p in sorted(positions, key=lambda p: p[0])])
+        await _copy_nets_and_events(conn, greeks, events)
+
+
+async def _copy_nets_and_events(
     conn: asyncpg.Connection, greeks: Sequence[GreeksTuple], events: Sequence[EventTuple]
 ) -> None:
-    """Write one batch in one transaction, in order; replayed keys are skipped."""
-    async with conn.transaction():
-        # Optimistic first: COPY straight into the tables, as fast as COPY gets.
-        # A replayed key makes it fail as a whole (a savepoint undoes just that);
-        # then the temp-table path below inserts what is new and skips replays.
-        try:
-            async with conn.transaction():
-                await _copy_direct(conn, by_table(greeks), events)
-            return
-        except asyncpg.UniqueViolationError as exc:
-            if not is_replay(exc):
-                raise  # another unique constraint: the record's own data
-        if greeks:
-            await conn.copy_records_to_table(
-                "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS
-            )
-            await conn.execute(_GREEKS_INSERT)
-        if events:
-            await conn.copy_records_to_table(
-                "_bridge_events_in", records=events, columns=EVENTS_COPY_COLUMNS
-            )
-            await conn.execute(_EVENTS_INSERT)
+    """The Greeks and event rows of :func:`copy_batch`, inside its transaction."""
+    # Optimistic first: COPY straight into the tables, as fast as COPY gets.
+    # A replayed key makes it fail as a whole (a savepoint undoes just that);
+    # then the temp-table path below inserts what is new and skips replays.
+    try:
+        async with conn.transaction():
+            await _copy_direct(conn, by_table(greeks), events)
+        return
+    except asyncpg.UniqueViolationError as exc:
+        if not is_replay(exc):
+            raise  # another unique constraint: the record's own data
+    if greeks:
+        await conn.copy_records_to_table(
+            "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS
+        )
+        await conn.execute(_GREEKS_INSERT)
+    if events:
+        await conn.copy_records_to_table(
+            "_bridge_events_in", records=events, columns=EVENTS_COPY_COLUMNS
+        )
+        await conn.execute(_EVENTS_INSERT)
 
 
 async def trial_copy(
-    conn: asyncpg.Connection, greeks: Sequence[GreeksTuple], events: Sequence[EventTuple]
+    conn: asyncpg.Connection,
+    greeks: Sequence[GreeksTuple],
+    events: Sequence[EventTuple],
+    positions: Sequence[PositionTuple] = (),
 ) -> None:
     """COPY a batch in a transaction that is always rolled back; refusals raise as usual."""
     # Every Greeks row is tried in portfolio_greeks, as the probe always did.
@@ -116,4 +137,6 @@ async def trial_copy(
     with contextlib.suppress(_RollBack):
         async with conn.transaction():
             await _copy_direct(conn, tables, events)
+            if positions:
+                await copy_position_tuples(conn, [p[1:] for p in positions])
             raise _RollBack

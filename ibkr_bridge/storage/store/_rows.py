@@ -14,7 +14,8 @@ from operator import attrgetter
 from typing import Any, Final
 
 from ibkr_bridge.core.greeks import PORTFOLIO
-from ibkr_bridge.core.records import ApiEvent, GreeksRow, Record
+from ibkr_bridge.core.records import ApiEvent, GreeksRow, PositionRow, Record
+from ibkr_bridge.storage.positions import position_tuple
 from ibkr_bridge.storage.schema import GREEKS_TABLE, UNDERLYING_TABLE
 
 GREEKS_COPY_COLUMNS: Final = (
@@ -49,6 +50,7 @@ EVENTS_COPY_COLUMNS: Final = (
 
 GreeksTuple = tuple[Any, ...]
 EventTuple = tuple[Any, ...]
+PositionTuple = tuple[Any, ...]  # (seq, *storage.positions.COPY_COLUMNS order)
 
 # A record's attributes carry the columns' names, so the tuple follows the list above;
 # only seq, the JSON detail and bridge_key (the record's key) are filled in by hand.
@@ -65,15 +67,20 @@ def event_tuple(seq: int, event: ApiEvent) -> EventTuple:
     return (seq, *_EVENT_VALUES(event), detail, event.key)
 
 
-def split_records(records: Iterable[Record]) -> tuple[list[GreeksTuple], list[EventTuple]]:
+def split_records(
+    records: Iterable[Record],
+) -> tuple[list[GreeksTuple], list[EventTuple], list[PositionTuple]]:
     greeks: list[GreeksTuple] = []
     events: list[EventTuple] = []
+    positions: list[PositionTuple] = []
     for seq, record in enumerate(records):
         if isinstance(record, GreeksRow):
             greeks.append(greeks_tuple(seq, record))
+        elif isinstance(record, PositionRow):
+            positions.append((seq, *position_tuple(record)))
         else:
             events.append(event_tuple(seq, record))
-    return greeks, events
+    return greeks, events, positions
 
 
 def split_raw(lines: Iterable[Mapping[str, Any]]) -> tuple[list[GreeksTuple], list[EventTuple]]:

@@ -134,7 +134,7 @@ class PortfolioFaults:
     def set_position(
         self, account: str, conid: int | Instrument, quantity: float, avg_cost: float | None = None
     ) -> Position | None:
-        """Change a position; subscribed clients get position/updatePortfolio messages."""
+        """Change a position; clients see it (TWS subscribers get position/updatePortfolio)."""
         return self.portfolio.set_position(account, conid, quantity, avg_cost)
 
     def remove_position(self, account: str, conid: int) -> Position | None:

@@ -14,20 +14,8 @@ from aiohttp import web
 
 from ibkr_bridge.core.clock import Clock
 from ibkr_bridge.sim.faults import FaultStep
-from ibkr_bridge.sim.portal._api import (
-    API_PREFIX,
-    AUTH_STATUS,
-    ISERVER_ACCOUNTS,
-    LOGOUT,
-    PORTFOLIO_ACCOUNTS,
-    POSITIONS,
-    REAUTHENTICATE,
-    SNAPSHOT,
-    SSO_VALIDATE,
-    SSODH_INIT,
-    TICKLE,
-    log,
-)
+from ibkr_bridge.sim.portal import _api as api
+from ibkr_bridge.sim.portal._api import API_PREFIX, log
 from ibkr_bridge.sim.portal._market import MarketData
 from ibkr_bridge.sim.portal._script import run_portal_fault_script
 from ibkr_bridge.sim.portfolio import Portfolio
@@ -151,19 +139,19 @@ class PortalSimulator(MarketData):
     def _add_routes(self, app: web.Application) -> None:
         p = API_PREFIX
         routes = [
-            ("POST", "/tickle", self._tickle, TICKLE),
+            ("POST", "/tickle", self._tickle, api.TICKLE),
             ("GET", "/tickle", self._tickle, None),
-            ("POST", "/iserver/auth/status", self._auth, AUTH_STATUS),
+            ("POST", "/iserver/auth/status", self._auth, api.AUTH_STATUS),
             ("GET", "/iserver/auth/status", self._auth, None),
-            ("POST", "/iserver/auth/ssodh/init", self._ssodh_init, SSODH_INIT),
-            ("POST", "/iserver/reauthenticate", self._reauthenticate, REAUTHENTICATE),
+            ("POST", "/iserver/auth/ssodh/init", self._ssodh_init, api.SSODH_INIT),
+            ("POST", "/iserver/reauthenticate", self._reauthenticate, api.REAUTHENTICATE),
             ("GET", "/iserver/reauthenticate", self._reauthenticate, None),
-            ("GET", "/sso/validate", self._sso_validate, SSO_VALIDATE),
-            ("POST", "/logout", self._logout, LOGOUT),
-            ("GET", "/iserver/accounts", self._iserver_accounts, ISERVER_ACCOUNTS),
-            ("GET", "/portfolio/accounts", self._portfolio_accounts, PORTFOLIO_ACCOUNTS),
-            ("GET", "/portfolio/{acct}/positions/{page}", self._positions, POSITIONS),
-            ("GET", "/iserver/marketdata/snapshot", self._snapshot, SNAPSHOT),
+            ("GET", "/sso/validate", self._sso_validate, api.SSO_VALIDATE),
+            ("POST", "/logout", self._logout, api.LOGOUT),
+            ("GET", "/iserver/accounts", self._iserver_accounts, api.ISERVER_ACCOUNTS),
+            ("GET", "/portfolio/accounts", self._portfolio_accounts, api.PORTFOLIO_ACCOUNTS),
+            ("GET", "/portfolio/{acct}/positions/{page}", self._positions, api.POSITIONS),
+            ("GET", "/iserver/marketdata/snapshot", self._snapshot, api.SNAPSHOT),
         ]
         names: dict[str, str] = {}
         for method, path, handler, name in routes:

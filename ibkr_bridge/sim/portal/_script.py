@@ -16,7 +16,9 @@ from ibkr_bridge.sim.faults import (
     PORTFOLIO_FAULTS,
     FaultScriptError,
     FaultStep,
+    apply_portfolio_fault,
     load_steps,
+    opt_float,
     parse_steps,
     validate_step,
 )
@@ -104,10 +106,6 @@ def load_portal_fault_script(path: str | Path) -> tuple[FaultStep, ...]:
     return load_steps(path, _check_step)
 
 
-def _opt(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 def apply_portal_fault(sim: Faults, step: FaultStep) -> None:
     """Run one step against ``sim``."""
     p = step.params
@@ -121,21 +119,21 @@ def apply_portal_fault(sim: Faults, step: FaultStep) -> None:
         case "human_login":
             sim.human_login(brokerage=bool(p.get("brokerage", True)))
         case "competing":
-            sim.competing(_opt(p.get("seconds")))
+            sim.competing(opt_float(p.get("seconds")))
         case "rate_limit_storm":
-            sim.rate_limit_storm(_opt(p.get("seconds")))
+            sim.rate_limit_storm(opt_float(p.get("seconds")))
         case "penalty_box":
-            sim.penalty_box(_opt(p.get("seconds")))
+            sim.penalty_box(opt_float(p.get("seconds")))
         case "slow":
-            sim.slow(_opt(p.get("seconds")), delay=_opt(p.get("delay")))
+            sim.slow(opt_float(p.get("seconds")), delay=opt_float(p.get("delay")))
         case "freeze":
-            sim.freeze(_opt(p.get("seconds")))
+            sim.freeze(opt_float(p.get("seconds")))
         case "garbage":
-            sim.garbage(_opt(p.get("seconds")))
+            sim.garbage(opt_float(p.get("seconds")))
         case "sentinel_greeks":
             conids = p.get("conids")
             sim.sentinel_greeks(
-                _opt(p.get("seconds")),
+                opt_float(p.get("seconds")),
                 mode=str(p.get("mode", "missing")),
                 conids=None if conids is None else [int(c) for c in conids],
             )
@@ -143,13 +141,13 @@ def apply_portal_fault(sim: Faults, step: FaultStep) -> None:
             conids = p.get("conids")
             sim.fixed_greeks(
                 {str(k): str(v) for k, v in p["values"].items()},
-                _opt(p.get("seconds")),
+                opt_float(p.get("seconds")),
                 conids=None if conids is None else [int(c) for c in conids],
             )
         case "echo_session":
             endpoints = p.get("endpoints")
             sim.echo_session(
-                _opt(p.get("seconds")),
+                opt_float(p.get("seconds")),
                 status=int(p.get("status", 500)),
                 endpoints=None if endpoints is None else [str(e) for e in endpoints],
             )
@@ -157,22 +155,15 @@ def apply_portal_fault(sim: Faults, step: FaultStep) -> None:
             endpoints = p.get("endpoints")
             sim.huge_body(
                 int(p["nbytes"]),
-                _opt(p.get("seconds")),
+                opt_float(p.get("seconds")),
                 chunked=bool(p.get("chunked", False)),
                 endpoints=None if endpoints is None else [str(e) for e in endpoints],
             )
         case "clear_faults":
             sim.clear_faults()
-        case "set_position":
-            sim.set_position(
-                str(p["account"]), int(p["conid"]), float(p["quantity"]), _opt(p.get("avg_cost"))
-            )
-        case "remove_position":
-            sim.remove_position(str(p["account"]), int(p["conid"]))
-        case "set_spot":
-            sim.set_spot(int(p["conid"]), float(p["price"]))
         case _:
-            raise FaultScriptError(f"unknown fault {step.fault!r}")
+            if not apply_portfolio_fault(sim, step):
+                raise FaultScriptError(f"unknown fault {step.fault!r}")
 
 
 async def run_portal_fault_script(sim: Faults, steps: Iterable[FaultStep], clock: Clock) -> None:

@@ -34,7 +34,7 @@ from ibkr_bridge.config import (
 from ibkr_bridge.core.errors import BridgeError
 from ibkr_bridge.core.resetwindow import NORTH_AMERICA_WEEKLY, WatchdogPolicy, WeeklyWindow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hunter2-Sekr3t"
 FREE_TEXT_KEYS = {"PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE"}  # any text is accepted
 

@@ -24,9 +24,8 @@ from ibkr_bridge.feeds.portal.feed import PortalFeed
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
-
-from .test_portal_feed import expected_net
-from .test_portal_sim import START, run_for
+from tests.feeds.portal.test_portal_feed import expected_net
+from tests.sim.portal.test_portal_sim import START, run_for
 
 
 @attrs.define

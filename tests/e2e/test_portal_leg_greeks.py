@@ -20,9 +20,8 @@ from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.service.health import HealthServer
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
-
-from .test_portal_e2e import World
-from .test_portal_sim import START
+from tests.e2e.test_portal_e2e import World
+from tests.sim.portal.test_portal_sim import START
 
 CALL_FAR = 800000103
 

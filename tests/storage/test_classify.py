@@ -20,8 +20,7 @@ from ibkr_bridge.core.records import ApiEvent
 from ibkr_bridge.storage.dberrors import Failure, classify_db_error, is_replay
 from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase
-
-from .test_store import T0, row
+from tests.storage.store.test_store import T0, row
 
 
 def server_error(sqlstate: str, **fields: str) -> asyncpg.PostgresError:

@@ -40,8 +40,7 @@ from ibkr_bridge.sim.portfolio import (
     years_between,
 )
 from ibkr_bridge.testing import TestDatabase, expected_net_greeks, wait_until
-
-from .test_portal_sim import START, run_for, settle
+from tests.sim.portal.test_portal_sim import START, run_for, settle
 
 _T = TypeVar("_T")
 

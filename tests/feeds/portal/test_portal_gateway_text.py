@@ -34,11 +34,11 @@ from ibkr_bridge.ops.logs import (
 from ibkr_bridge.sim.faults import FaultScriptError
 from ibkr_bridge.sim.portal import POSITIONS, SNAPSHOT, parse_portal_fault_script
 from ibkr_bridge.testing import wait_until
+from tests.e2e.test_portal_e2e import World, world  # noqa: F401  (the fixture)
 
-from .test_portal_e2e import World, world  # noqa: F401  (the fixture)
 from .test_portal_feed import Rig, clock, rig  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIFTY_MB = 50 * 1024 * 1024
 
 
@@ -201,7 +201,7 @@ async def test_a_50_mb_answer_is_refused_with_an_event(
 def test_peak_rss_with_50_mb_answers_stays_under_150_mb() -> None:
     # A memory bound, measured in a fresh process (not a timing).
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "portal" / "rss_child.py"), str(FIFTY_MB)],
+        [sys.executable, str(ROOT / "tests" / "feeds" / "portal" / "rss_child.py"), str(FIFTY_MB)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -22,10 +22,10 @@ from ibkr_bridge.core.greeks import Leg, aggregate
 from ibkr_bridge.sim.portal import SSODH_INIT
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
 from ibkr_bridge.testing import wait_until
+from tests.e2e.test_portal_e2e import World, world  # noqa: F401  (the fixture)
+from tests.sim.portal.test_portal_sim import START
 
-from .test_portal_e2e import World, world  # noqa: F401  (the fixture)
 from .test_portal_feed import Rig, clock, expected_net, rig  # noqa: F401  (fixtures)
-from .test_portal_sim import START
 
 # -- compete: false ---------------------------------------------------------------------------
 

@@ -17,11 +17,12 @@ import ib_async
 import pytest
 from ib_async import IB, Contract, StartupFetchNONE
 from ib_async.client import Client
-from test_socket_feed import GUARD, eventually  # tests/socket is not a package
 
 from ibkr_bridge.feeds.socket import _ibasync
 from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.tws import TwsSimulator
+
+from .test_socket_feed import GUARD, eventually
 
 
 def frame(*fields: str) -> bytes:

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 from ib_async import IB
-from test_socket_feed import GUARD, connected, eventually, settle  # tests/socket is not a package
 
 from ibkr_bridge.feeds.socket import MAX_FRAME_BYTES, FrameLimit, SocketFeed
 from ibkr_bridge.feeds.socket._session import _Session
 from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.tws import TwsSimulator
 
-ROOT = Path(__file__).resolve().parents[2]
+from .test_socket_feed import GUARD, connected, eventually, settle
+
+ROOT = Path(__file__).resolve().parents[3]
 LIMIT = 4096
 
 
@@ -128,7 +129,7 @@ def test_a_huge_frame_is_refused_before_memory_grows_and_the_bridge_reconnects()
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tests" / "socket" / "huge_frame_child.py"),
+            str(ROOT / "tests" / "feeds" / "socket" / "huge_frame_child.py"),
             str(300_000_000),
             str(bound_kib),
         ],

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_socket_feed import connected, settle  # tests/socket is not a package
 
 from ibkr_bridge.ops.logs import (
     GATEWAY_LOG_BURST,
@@ -25,7 +24,9 @@ from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.faults import FaultScriptError, parse_fault_script
 from ibkr_bridge.sim.tws import TwsSimulator
 
-ROOT = Path(__file__).resolve().parents[2]
+from .test_socket_feed import connected, settle
+
+ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "5e55104-t0ken-" + "ab" * 12
 
 
@@ -82,7 +83,7 @@ def test_a_flood_of_garbage_frames_is_bounded_in_memory_and_log() -> None:
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tests" / "socket" / "flood_child.py"),
+            str(ROOT / "tests" / "feeds" / "socket" / "flood_child.py"),
             str(count),
             str(nbytes),
         ],

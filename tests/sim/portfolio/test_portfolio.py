@@ -27,7 +27,7 @@ from ibkr_bridge.sim.portfolio import (
 )
 
 NOW = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "portfolio.json"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "portfolio.json"
 
 
 # -- Black-Scholes ------------------------------------------------------------------------

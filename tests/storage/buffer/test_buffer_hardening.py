@@ -39,7 +39,7 @@ from ibkr_bridge.storage.drain import DrainProgress, RejectedFile, drain_buffer
 from ibkr_bridge.storage.store import Store
 from ibkr_bridge.testing import TestDatabase
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURE_V1 = Path(__file__).with_name("fixtures") / "buffer-v1.jsonl"
 T0 = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
 COMPANIONS = ("", ".cursor", ".quarantine", ".lock", ".rejected")

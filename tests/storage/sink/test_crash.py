@@ -18,7 +18,7 @@ import pytest
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
 CHILD = Path(__file__).with_name("crash_child.py")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def _spawn(dsn: str, buffer: Path, first: int, last: int) -> asyncio.subprocess.Process:

@@ -88,7 +88,19 @@ class FaultStep:
     params: Mapping[str, Any]
 
 
-class FaultTarget(Protocol):
+class PortfolioTarget(Protocol):
+    """What a simulator offers to the :data:`PORTFOLIO_FAULTS` steps."""
+
+    def set_position(
+        self, account: str, conid: int, quantity: float, avg_cost: float | None = None
+    ) -> object: ...
+
+    def remove_position(self, account: str, conid: int) -> object: ...
+
+    def set_spot(self, conid: int, price: float) -> None: ...
+
+
+class FaultTarget(PortfolioTarget, Protocol):
     """What a simulator offers to a fault script."""
 
     async def restart(self, downtime: float = 0.0, stale_ids: float = 0.0) -> None: ...
@@ -117,14 +129,6 @@ class FaultTarget(Protocol):
 
     async def farm_notice(self, code: int, farm: str | None = None) -> None: ...
 
-    def set_position(
-        self, account: str, conid: int, quantity: float, avg_cost: float | None = None
-    ) -> object: ...
-
-    def remove_position(self, account: str, conid: int) -> object: ...
-
-    def set_spot(self, conid: int, price: float) -> None: ...
-
 
 class PortfolioFaults:
     """The :data:`PORTFOLIO_FAULTS` as methods: a simulator with a ``portfolio`` inherits them."""
@@ -134,7 +138,7 @@ class PortfolioFaults:
     def set_position(
         self, account: str, conid: int | Instrument, quantity: float, avg_cost: float | None = None
     ) -> Position | None:
-        """Change a position; subscribed clients get position/updatePortfolio messages."""
+        """Change a position; clients see it (TWS subscribers get position/updatePortfolio)."""
         return self.portfolio.set_position(account, conid, quantity, avg_cost)
 
     def remove_position(self, account: str, conid: int) -> Position | None:
@@ -229,9 +233,9 @@ async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
         case "daily_reset":
             await target.daily_reset(str(p.get("kind", "1101")), float(p.get("outage", 30.0)))
         case "refuse":
-            await target.refuse(_opt_float(p.get("seconds")))
+            await target.refuse(opt_float(p.get("seconds")))
         case "freeze":
-            await target.freeze(_opt_float(p.get("seconds")))
+            await target.freeze(opt_float(p.get("seconds")))
         case "garbage":
             await target.garbage(
                 int(p.get("nbytes", 64)), bool(p.get("framed", True)), int(p.get("count", 1))
@@ -246,30 +250,41 @@ async def apply_fault(target: FaultTarget, step: FaultStep) -> None:
         case "error_message":
             await target.error_message(int(p["code"]), str(p["text"]), int(p.get("req_id", -1)))
         case "sentinel_greeks":
-            await target.sentinel_greeks(str(p["mode"]), _opt_float(p.get("seconds")))
+            await target.sentinel_greeks(str(p["mode"]), opt_float(p.get("seconds")))
         case "withhold_greeks":
-            await target.withhold_greeks(int(p["conid"]), _opt_float(p.get("seconds")))
+            await target.withhold_greeks(int(p["conid"]), opt_float(p.get("seconds")))
         case "resume_greeks":
             target.resume_greeks(int(p["conid"]))
         case "farm_notice":
             farm = p.get("farm")
             await target.farm_notice(int(p["code"]), None if farm is None else str(farm))
+        case _:
+            if not apply_portfolio_fault(target, step):
+                raise FaultScriptError(f"unknown fault {step.fault!r}")
+
+
+def apply_portfolio_fault(target: PortfolioTarget, step: FaultStep) -> bool:
+    """Run a :data:`PORTFOLIO_FAULTS` step against ``target``; False for any other fault."""
+    p = step.params
+    match step.fault:
         case "set_position":
             target.set_position(
                 str(p["account"]),
                 int(p["conid"]),
                 float(p["quantity"]),
-                _opt_float(p.get("avg_cost")),
+                opt_float(p.get("avg_cost")),
             )
         case "remove_position":
             target.remove_position(str(p["account"]), int(p["conid"]))
         case "set_spot":
             target.set_spot(int(p["conid"]), float(p["price"]))
         case _:
-            raise FaultScriptError(f"unknown fault {step.fault!r}")
+            return False
+    return True
 
 
-def _opt_float(value: Any) -> float | None:
+def opt_float(value: Any) -> float | None:
+    """A fault parameter that may be absent (None) as a float."""
     return None if value is None else float(value)
 
 

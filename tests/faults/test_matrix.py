@@ -509,7 +509,7 @@ async def test_portal_fault(case: Case, db: TestDatabase, tmp_path: Path) -> Non
 
 # -- configuration rows ----------------------------------------------------------------------
 
-# One bad value per setting (the full catalogue of bad values is in tests/test_config.py).
+# One bad value per setting (the full catalogue of bad values is in tests/config/test_config.py).
 BAD_VALUES: dict[str, str] = {
     "IB_API_MODE": "TWS",
     "IB_SOCKET_HOST": "local host",
@@ -551,7 +551,7 @@ BAD_VALUES: dict[str, str] = {
     "PGPORT": "0",
 }
 # Taken verbatim by design: any printable text is good (control characters and over-long
-# values are refused, see tests/test_config.py).
+# values are refused, see tests/config/test_config.py).
 FREE_TEXT = {"PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE"}
 SECRET = "s3cret-pw"
 

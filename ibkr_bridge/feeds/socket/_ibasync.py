@@ -1,6 +1,6 @@
 """The one place the SOCKET feed reaches into ib_async 2.1.0's internals, each reach with its why.
 
-ib_async is pinned to 2.1.0 (``tests/socket/test_ibasync_adapter.py`` fails when that or any
+ib_async is pinned to 2.1.0 (``tests/feeds/socket/test_ibasync_adapter.py`` fails when that or any
 reach below changes). Everything else in the feed uses ib_async's public API.
 
 * ``IB.client._onSocketHasData`` in ``IB.client.conn.hasData`` (:func:`intercept_socket_data`):

@@ -117,6 +117,9 @@ class Settings:
     # Model Greeks where IB has none (docs/greeks.md, "Model Greeks").
     greeks_fallback: GreeksFallback = DECLARED
     risk_free_rate: float = DECLARED
+    # Per-position rows (docs/greeks.md, "Per-position rows").
+    position_rows: bool = DECLARED
+    retention_days: int | None = DECLARED
 
     # DATABASE_URL and PG*: the database.
     database: DatabaseConfig = field(factory=DatabaseConfig)

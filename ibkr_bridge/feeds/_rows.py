@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import attrs
 
@@ -18,8 +19,18 @@ from ibkr_bridge.core.greeks import (
     apply_model,
     flat_row,
     judge_legs,
+    position_rows,
 )
-from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow, PositionRow
+
+
+class TickRows(NamedTuple):
+    """What one snapshot gives: the verdict on the legs, the net rows (None: write nothing)
+    and, with ``rule.position_rows``, one row per leg from the same legs and timestamp."""
+
+    verdict: LegsVerdict
+    rows: list[GreeksRow] | None
+    positions: list[PositionRow]
 
 
 def rows_from_legs(
@@ -33,7 +44,7 @@ def rows_from_legs(
     prices: Callable[[], Mapping[str, float]],
     broken_farms: Collection[str] = (),
     accounts: Sequence[str] = (),
-) -> tuple[LegsVerdict, list[GreeksRow] | None]:
+) -> TickRows:
     """The staleness verdict on ``judged``, and the rows for ``now`` (None: do not write).
 
     A book with no leg that carries Greeks is genuinely flat: one flat row. ``prices`` (the
@@ -42,7 +53,8 @@ def rows_from_legs(
     Greeks past its grace, or with IB's "not computed" values, is priced by the model
     (:func:`~ibkr_bridge.core.greeks.apply_model`) and then counts as current. With
     several ``accounts`` (legs carry theirs) each account gets its rows, then all of them
-    under ``account=""``.
+    under ``account=""``. Per-position rows (``rule.position_rows``) are made from exactly
+    the legs and omissions the nets were, so they sum to them.
     """
     verdict = judge_legs(judged, rule, broken_farms=broken_farms)
     book = any(leg.sec_type in SEC_TYPES for leg in legs)
@@ -51,10 +63,12 @@ def rows_from_legs(
         legs, verdict = _with_model(legs, judged, verdict, rule, now, known, broken_farms)
         prices = lambda: known  # noqa: E731  (asked once a tick)
     if not verdict.write:
-        return verdict, None  # no data after the request yet, stale, or a leg missing (skip)
+        return TickRows(verdict, None, [])  # waiting, stale, or a leg missing (skip)
     if len(accounts) > 1:
         if not book:
-            return verdict, [flat_row(name, now, mode) for name in (*sorted(accounts), "")]
+            return TickRows(
+                verdict, [flat_row(name, now, mode) for name in (*sorted(accounts), "")], []
+            )
         rows = aggregate_accounts(
             legs,
             timestamp=now,
@@ -63,9 +77,9 @@ def rows_from_legs(
             underlying_prices=prices(),
             omit=verdict.omit,
         )
-        return verdict, rows
+        return TickRows(verdict, rows, _positions(legs, verdict, rule, now, mode, prices, ""))
     if not book:
-        return verdict, [flat_row(account, now, mode)]
+        return TickRows(verdict, [flat_row(account, now, mode)], [])
     rows = aggregate(
         legs,
         account=account,
@@ -74,7 +88,28 @@ def rows_from_legs(
         underlying_prices=prices(),
         omit=verdict.omit,
     )
-    return verdict, rows
+    return TickRows(verdict, rows, _positions(legs, verdict, rule, now, mode, prices, account))
+
+
+def _positions(
+    legs: Sequence[Leg],
+    verdict: LegsVerdict,
+    rule: GreeksRule,
+    now: datetime,
+    mode: str,
+    prices: Callable[[], Mapping[str, float]],
+    account: str,
+) -> list[PositionRow]:
+    if not rule.position_rows:
+        return []
+    return position_rows(
+        legs,
+        timestamp=now,
+        api_mode=mode,
+        underlying_prices=prices(),
+        omit=verdict.omit,
+        account=account,
+    )
 
 
 def _with_model(

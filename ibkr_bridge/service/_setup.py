@@ -19,7 +19,7 @@ from ibkr_bridge.feeds.protocol import Feed
 from ibkr_bridge.service.status import EventCallback
 from ibkr_bridge.storage.buffer import JsonlBuffer
 from ibkr_bridge.storage.sink import DurableWriter
-from ibkr_bridge.storage.store import Store
+from ibkr_bridge.storage.store import PositionTables, Store
 
 __all__ = [
     "Storage",
@@ -79,6 +79,11 @@ async def open_storage(
         **s.database.connect_kwargs(),
         connect_timeout=s.db_connect_timeout,
         command_timeout=s.db_command_timeout,
+        positions=(
+            PositionTables(retention_days=s.retention_days, now=clock.now)
+            if s.position_rows
+            else None
+        ),
     )
     try:
         await store.ensure_schema()

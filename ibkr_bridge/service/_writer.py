@@ -62,6 +62,7 @@ class TickWriter:
         self._row_times = RowTimes()
         self.last_rows: tuple[GreeksRow, ...] = ()
         self.rows_submitted = 0
+        self.positions_submitted = 0  # position_greeks rows (BRIDGE_POSITION_ROWS)
         self.ticks_missed = 0
         self.ticks_skipped = 0
         self.skip_reason: str | None = None
@@ -122,8 +123,11 @@ class TickWriter:
                 "resumed", "writing rows again", detail={"after": self.skip_reason}
             )
             self.skip_reason = None
-        self._sink().submit(rows)
+        positions = getattr(self._feed, "position_rows", None) or []
+        # One submission, so one transaction: the net never lands without its legs.
+        self._sink().submit([*rows, *positions] if positions else rows)
         self.rows_submitted += len(rows)
+        self.positions_submitted += len(positions)
         self.last_rows = tuple(rows)
         _call_each(self._row_callbacks, rows, "row")
         return rows

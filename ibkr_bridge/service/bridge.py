@@ -31,6 +31,7 @@ from ibkr_bridge.core.records import Status
 from ibkr_bridge.core.redaction import redact_secrets
 from ibkr_bridge.feeds.protocol import Feed
 from ibkr_bridge.service._driver import ConnectionDriver
+from ibkr_bridge.service._partitions import keep_partitions
 from ibkr_bridge.service._probe import describe_error
 from ibkr_bridge.service._setup import make_feed, open_storage, start_sink, watchdog_policy
 from ibkr_bridge.service._writer import TickWriter
@@ -183,6 +184,13 @@ class Bridge:
             except OSError:
                 await self.stop()
                 raise
+        if self._store.positions is not None:
+            upkeep = asyncio.create_task(
+                keep_partitions(self._store, self._sink, self._clock),
+                name="ibkr-bridge-partitions",
+            )
+            self._side_tasks.add(upkeep)
+            upkeep.add_done_callback(self._side_tasks.discard)
         self._run_task = asyncio.create_task(self._driver.run(), name="ibkr-bridge-lifecycle")
 
     async def run(self) -> None:

@@ -43,7 +43,7 @@ def call(conid: int = 1, **greeks: Unpack[GreekFields]) -> Leg:
 def rows(
     rule: GreeksRule, legs: list[Leg], judged: list[LegGreeks], farms: tuple[str, ...] = ()
 ) -> tuple[LegsVerdict, list[GreeksRow] | None]:
-    return rows_from_legs(
+    verdict, out, _ = rows_from_legs(
         legs,
         judged,
         rule,
@@ -53,6 +53,7 @@ def rows(
         prices=lambda: PRICES,
         broken_farms=farms,
     )
+    return verdict, out
 
 
 def model_delta() -> float:

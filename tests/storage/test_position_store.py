@@ -15,7 +15,7 @@ import pytest
 
 from ibkr_bridge.core.errors import PermanentStoreError, TransientStoreError
 from ibkr_bridge.core.greeks import Leg, aggregate, position_rows
-from ibkr_bridge.core.records import Record
+from ibkr_bridge.core.records import PositionRow, Record
 from ibkr_bridge.storage.buffer import JsonlBuffer
 from ibkr_bridge.storage.dberrors import is_schema_problem
 from ibkr_bridge.storage.drain import drain_buffer
@@ -100,7 +100,9 @@ async def test_a_leg_refused_as_data_is_rejected_alone(db: TestDatabase, tmp_pat
     refused: list[str] = []
     try:
         records = tick(NOW)
-        bad = attrs.evolve(records[-1], right="X")  # type: ignore[misc]  # the CHECK refuses it
+        last = records[-1]
+        assert isinstance(last, PositionRow)
+        bad = attrs.evolve(last, right="X")  # the table's CHECK refuses it
         buffer.append([*records[:-1], bad])
         progress = await drain_buffer(buffer, store, reject=lambda line, why: refused.append(why))
     finally:
@@ -120,7 +122,9 @@ async def test_a_day_without_its_partition_waits_for_the_probe(db: TestDatabase)
         later = NOW + timedelta(days=5)  # the bridge was down for days: no partition yet
         with pytest.raises(TransientStoreError) as caught:
             await store.write(tick(later))
-        assert is_schema_problem(caught.value.__cause__)
+        cause = caught.value.__cause__
+        assert cause is not None
+        assert is_schema_problem(cause)
         assert not isinstance(caught.value, PermanentStoreError)
         clock.now = later
         await store.ensure_schema()  # what the breaker's probe runs before draining

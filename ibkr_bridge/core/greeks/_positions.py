@@ -41,7 +41,13 @@ def position_key(account: str, conid: int, timestamp: datetime, api_mode: str) -
 
 
 def _position_row(
-    leg: Leg, *, timestamp: datetime, api_mode: str, price: float | None, omitted: bool
+    leg: Leg,
+    *,
+    timestamp: datetime,
+    api_mode: str,
+    price: float | None,
+    omitted: bool,
+    account: str,
 ) -> PositionRow:
     multiplier = multiplier_from(leg.multiplier)
     unit: list[float | None]
@@ -64,7 +70,7 @@ def _position_row(
         source = "ib"
     return PositionRow(
         timestamp=timestamp,
-        account=leg.account,
+        account=account,
         api_mode=api_mode,
         conid=leg.conid,
         symbol=leg.local_symbol or leg.symbol,
@@ -86,7 +92,7 @@ def _position_row(
         implied_vol=clean_price(leg.implied_vol),
         underlying_price=price,
         greeks_source=source,
-        key=position_key(leg.account, leg.conid, timestamp, api_mode),
+        key=position_key(account, leg.conid, timestamp, api_mode),
     )
 
 
@@ -97,8 +103,13 @@ def position_rows(
     api_mode: str,
     underlying_prices: Mapping[str, float] | None = None,
     omit: Collection[int] = (),
+    account: str = ALL_ACCOUNTS,
 ) -> list[PositionRow]:
-    """One row per open leg that :func:`aggregate` counts, in conid order."""
+    """One row per open leg that :func:`aggregate` counts, in conid order.
+
+    A leg's row carries :attr:`Leg.account`, else ``account`` (a single-account feed's
+    legs need not name it).
+    """
     prices = underlying_prices or {}
     rows = []
     for leg in sorted(legs, key=lambda leg: (leg.account, leg.conid)):
@@ -107,7 +118,14 @@ def position_rows(
         price = clean_price(prices.get(leg.symbol)) or clean_price(leg.underlying_price)
         omitted = leg.sec_type in OPTION_SEC_TYPES and leg.conid in omit
         rows.append(
-            _position_row(leg, timestamp=timestamp, api_mode=api_mode, price=price, omitted=omitted)
+            _position_row(
+                leg,
+                timestamp=timestamp,
+                api_mode=api_mode,
+                price=price,
+                omitted=omitted,
+                account=leg.account or account,
+            )
         )
     return rows
 

@@ -46,6 +46,8 @@ class GreeksRule:
     # Greeks at BRIDGE_RISK_FREE_RATE (the settings carry its default) instead of missing.
     model: bool = False
     risk_free_rate: float = 0.0
+    # BRIDGE_POSITION_ROWS: one position_greeks row per leg with each tick's net rows.
+    position_rows: bool = False
 
     @classmethod
     def from_settings(cls, settings: object, *, default_stale_after: float) -> GreeksRule:
@@ -60,6 +62,7 @@ class GreeksRule:
             partial=str(getattr(settings, "missing_legs", "skip")) == "partial",
             model=str(getattr(settings, "greeks_fallback", "skip")) == "model",
             risk_free_rate=float(getattr(settings, "risk_free_rate", default.risk_free_rate)),
+            position_rows=bool(getattr(settings, "position_rows", False)),
         )
 
 

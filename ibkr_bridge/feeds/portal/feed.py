@@ -36,7 +36,7 @@ from ibkr_bridge.config import default_of
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import GatewayError
 from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
-from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow, PositionRow
 from ibkr_bridge.feeds._rows import rows_from_legs
 from ibkr_bridge.feeds.portal._market import _MarketData
 from ibkr_bridge.feeds.portal._wire import (
@@ -111,6 +111,8 @@ class PortalFeed(_MarketData):
         self.rule = attrs.evolve(rule or GreeksRule(), stale_after=stale_after)
         #: What the staleness rule said at the last snapshot (None: no market state then).
         self.legs_verdict: LegsVerdict | None = None
+        # The per-position rows of the latest snapshot (BRIDGE_POSITION_ROWS), for the writer.
+        self.position_rows: list[PositionRow] = []
         self._leg_since: dict[int, float] = {}  # conid -> when its data was first wanted
         self.reauth_grace = reauth_grace
         self.event_interval = event_interval
@@ -247,12 +249,13 @@ class PortalFeed(_MarketData):
 
     def snapshot(self, now: datetime) -> list[GreeksRow] | None:
         self.legs_verdict = None
+        self.position_rows = []
         positions = self._positions
         account = self._account
         if not self.connected or positions is None or account is None:
             return None
         legs, judged = self._legs(positions.values(), now)
-        self.legs_verdict, rows = rows_from_legs(
+        self.legs_verdict, rows, self.position_rows = rows_from_legs(
             legs,
             judged,
             self.rule,

@@ -33,7 +33,7 @@ from ibkr_bridge.config import default_of
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import AccountSelectionError
 from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
-from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow, PositionRow
 from ibkr_bridge.feeds._rows import rows_from_legs
 from ibkr_bridge.feeds.protocol import FeedListener, LoggingListener
 from ibkr_bridge.feeds.ratelimit import SOCKET_DETAILS_LIMIT, RateLimiter
@@ -113,6 +113,8 @@ class SocketFeed:
         self.rule = rule if rule is not None else GreeksRule()
         #: What the staleness rule said at the last snapshot (None: no market state then).
         self.legs_verdict: LegsVerdict | None = None
+        # The per-position rows of the latest snapshot (BRIDGE_POSITION_ROWS), for the writer.
+        self.position_rows: list[PositionRow] = []
 
     @classmethod
     def from_settings(cls, settings: SocketSettings, clock: Clock | None = None) -> SocketFeed:
@@ -236,11 +238,12 @@ class SocketFeed:
         :attr:`legs_verdict` for the Bridge's events and health.
         """
         self.legs_verdict = None
+        self.position_rows = []
         session = self._session
         if session is None or not session.usable or session.account is None:
             return None
         legs, judged = session_legs(session, self.clock.monotonic())
-        self.legs_verdict, rows = rows_from_legs(
+        self.legs_verdict, rows, self.position_rows = rows_from_legs(
             legs,
             judged,
             self.rule,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ibkr_bridge.core.records import ApiEvent, GreeksRow, record_to_json
+from ibkr_bridge.core.records import ApiEvent, GreeksRow, Record, record_to_json
 from ibkr_bridge.storage.buffer import JsonlBuffer
 from ibkr_bridge.storage.buffer._copy import CopyDecoder
 from ibkr_bridge.storage.drain import RejectedFile, drain_buffer
@@ -69,7 +69,7 @@ def fast(line: bytes, checksummed: bool = True) -> tuple[list[Any], list[Any]] |
     return decoder.greeks, decoder.events
 
 
-def copy_fixture(fixture: str, path: Path) -> list[GreeksRow | ApiEvent]:
+def copy_fixture(fixture: str, path: Path) -> list[Record]:
     """The fixture at ``path``, as the buffer keeps its files; its records, read in full."""
     shutil.copyfile(FIXTURES / fixture, path)
     path.chmod(0o600)
@@ -120,6 +120,7 @@ async def test_buffers_written_by_older_code_drain(
             for name in ("contract", "delta", "gamma", "vega", "theta", "account", "legs"):
                 assert got[name] == getattr(record, name), name
         else:
+            assert isinstance(record, ApiEvent)  # the fixtures predate position rows
             got = logged[record.key]
             assert (got["message"], got["status"]) == (record.message, record.status)
             assert json.loads(got["detail"]) == record.detail

@@ -8,7 +8,8 @@ It starts an IBKR simulator in this process (a demo portfolio of SPY stock and o
 ES futures options, prices moving on a seeded random walk), uses ``DATABASE_URL`` when it
 is reachable (else PostgreSQL on 127.0.0.1:5432, else an embedded PostgreSQL from the
 ``pgserver`` package), and runs the real Bridge against them, printing one line per tick.
-Rows go to ``portfolio_greeks`` (per underlying: ``underlying_greeks``) and events to
+Rows go to ``portfolio_greeks`` (per underlying: ``underlying_greeks``, per position:
+``position_greeks``, which the demo turns on with BRIDGE_POSITION_ROWS) and events to
 ``api_logs`` in the schema it names (a private ``ibkr_bridge_demo`` schema unless
 ``DATABASE_URL`` is set).
 """
@@ -61,6 +62,7 @@ async def demo(mode: str, seconds: float, interval: float) -> int:
         "BRIDGE_BUFFER_PATH": str(workdir / "buffer.jsonl"),
         "BRIDGE_POLL_INTERVAL": str(interval),
         "BRIDGE_LOG_LEVEL": "WARNING",
+        "BRIDGE_POSITION_ROWS": "true",  # one position_greeks row per leg per tick
     }
     async with contextlib.AsyncExitStack() as stack:
         if mode == "SOCKET":
@@ -101,10 +103,10 @@ async def demo(mode: str, seconds: float, interval: float) -> int:
                 await asyncio.wait_for(stop.wait(), seconds if seconds > 0 else None)
         status = bridge.status
     print(
-        f"done: {status.rows_submitted} rows written, final state {status.connection}, "
-        f"breaker {status.breaker}. The rows are in portfolio_greeks (per underlying: "
-        f"underlying_greeks), the events in api_logs "
-        f"({where})."
+        f"done: {status.rows_submitted} rows and {status.positions_submitted} position rows "
+        f"written, final state {status.connection}, breaker {status.breaker}. The rows are in "
+        f"portfolio_greeks (per underlying: underlying_greeks; per position: position_greeks), "
+        f"the events in api_logs ({where})."
     )
     stop_embedded_postgres()
     return 0

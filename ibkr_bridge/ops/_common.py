@@ -58,10 +58,16 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
 async def _open_store(settings: Settings) -> Store:
     from ibkr_bridge.storage.store import Store
 
+    from ibkr_bridge.storage.store import PositionTables
+
     return await Store.open(
         **settings.database.connect_kwargs(),
         connect_timeout=settings.db_connect_timeout,
         command_timeout=settings.db_command_timeout,
+        # `schema --apply` makes position_greeks too when the bridge will write it.
+        positions=PositionTables(retention_days=settings.retention_days)
+        if settings.position_rows
+        else None,
     )
 
 

@@ -72,6 +72,11 @@ class _BridgeCollector(Collector):
         yield _gauge("stale", "1 while IB reports lost connectivity (1100)", float(status.stale))
 
         yield _counter("rows_submitted", "Greeks rows handed to the writer", status.rows_submitted)
+        yield _counter(
+            "positions_submitted",
+            "position_greeks rows handed to the writer (BRIDGE_POSITION_ROWS)",
+            status.positions_submitted,
+        )
         yield _counter("ticks_skipped", "Writer ticks that wrote nothing", status.ticks_skipped)
         yield _counter("ticks_missed", "Writer ticks not run on time", status.ticks_missed)
         stats = _sink_stats(bridge)

@@ -15,6 +15,8 @@ from typing import Final
 
 from ibkr_bridge.core.clock import Clock
 from ibkr_bridge.core.errors import StoreError
+from ibkr_bridge.core.partitions import partition_name
+from ibkr_bridge.storage.positions import POSITION_TABLE
 from ibkr_bridge.storage.sink import DurableWriter
 from ibkr_bridge.storage.store import Store
 
@@ -46,11 +48,12 @@ async def keep_partitions(
             failing = None
             if done is not None and done.drop:
                 days = [d.isoformat() for d in done.drop]
+                names = [partition_name(POSITION_TABLE, d) for d in done.drop]
                 retention = store.positions.retention_days if store.positions else None
                 sink.log_event(
                     "partitions_dropped",
                     f"dropped {len(days)} position_greeks day partition(s) older than "
-                    f"{retention} days (BRIDGE_RETENTION_DAYS): {', '.join(days)}",
-                    detail={"days": days, "retention_days": retention},
+                    f"{retention} days (BRIDGE_RETENTION_DAYS): {', '.join(names)}",
+                    detail={"partitions": names, "days": days, "retention_days": retention},
                 )
         await clock.sleep(every)

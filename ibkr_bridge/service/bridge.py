@@ -118,6 +118,7 @@ class Bridge:
             last_row_at=last[0].timestamp if last else None,
             last_rows=last,
             rows_submitted=w.rows_submitted,
+            positions_submitted=w.positions_submitted,
             ticks_missed=w.ticks_missed,
             ticks_skipped=w.ticks_skipped,
             buffer_pending_bytes=self._pending_bytes(),

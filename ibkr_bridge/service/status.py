@@ -48,6 +48,7 @@ class BridgeStatus:
     greeks_stale: bool = False  # an option leg's Greeks too old, or a data farm broken
     legs_missing: tuple[str, ...] = ()  # option legs without current Greeks, past grace
     degraded: str | None = None  # what the rows lack (or why none are written), else None
+    positions_submitted: int = 0  # position_greeks rows (BRIDGE_POSITION_ROWS)
 
 
 class BridgeView(Protocol):

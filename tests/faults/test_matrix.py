@@ -547,6 +547,8 @@ BAD_VALUES: dict[str, str] = {
     "BRIDGE_MISSING_LEGS": "zero",
     "BRIDGE_GREEKS_FALLBACK": "bs",
     "BRIDGE_RISK_FREE_RATE": "4.5",
+    "BRIDGE_POSITION_ROWS": "maybe",
+    "BRIDGE_RETENTION_DAYS": "0",
     "DATABASE_URL": "mysql://me:s3cret-pw@db/x",
     "PGPORT": "0",
 }

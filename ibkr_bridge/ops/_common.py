@@ -56,9 +56,7 @@ def _settings_or_exit(args: argparse.Namespace) -> Settings | int:
 
 
 async def _open_store(settings: Settings) -> Store:
-    from ibkr_bridge.storage.store import Store
-
-    from ibkr_bridge.storage.store import PositionTables
+    from ibkr_bridge.storage.store import PositionTables, Store
 
     return await Store.open(
         **settings.database.connect_kwargs(),

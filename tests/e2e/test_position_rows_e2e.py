@@ -11,8 +11,14 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge.testing import TestDatabase, wait_until
+from ibkr_bridge import Bridge, ConnectionState, load_settings
+from ibkr_bridge.core.clock import FakeClock
+from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
+from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
+from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 
+from .test_portal_e2e import START as PORTAL_START
+from .test_portal_e2e import World as PortalWorld
 from .test_socket_e2e import NY, World, make_world
 
 START = datetime(2026, 3, 10, 14, 0, tzinfo=NY)
@@ -79,3 +85,46 @@ async def test_an_outage_loses_and_doubles_no_leg(legs_world: World) -> None:
     assert len(nets) == w.bridge.status.rows_submitted >= 3
     assert len({leg["bridge_key"] for leg in legs}) == len(legs)
     assert_legs_sum_to_nets(nets, legs, len(w.sim.portfolio.positions("DU1234567")))
+
+
+@pytest.fixture
+async def portal_world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[PortalWorld]:
+    clock = FakeClock(start=PORTAL_START)
+    portfolio = single_underlying_portfolio(as_of=PORTAL_START)
+    async with TcpProxy(*db.server_address()) as pg, PortalSimulator(portfolio, clock=clock) as sim:
+        assert sim.ca_path is not None
+        settings = load_settings(
+            {
+                "IB_API_MODE": "PORTAL",
+                "IBKR_GATEWAY_URL": sim.base_url,
+                "IBKR_GATEWAY_CA": str(sim.ca_path),
+                "DATABASE_URL": db.proxied_dsn(pg),
+                "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
+                "BRIDGE_POSITION_ROWS": "true",
+            },
+            use_dotenv=False,
+        )
+        async with Bridge(settings, clock=clock) as bridge:
+            w = PortalWorld(clock, sim, db, pg, bridge)
+            await wait_until(lambda: w.state is ConnectionState.LIVE)
+            yield w
+
+
+async def test_portal_legs_carry_their_terms_and_sum_to_the_portfolio_row(
+    portal_world: PortalWorld,
+) -> None:
+    w = portal_world
+    await w.run(30.0)
+    nets = await w.rows()
+    await w.bridge.sink.flush()
+    legs = await w.db.fetch("SELECT * FROM position_greeks ORDER BY timestamp, conid")
+    assert len(nets) >= 5
+    assert_legs_sum_to_nets(nets, legs, len(w.sim.portfolio.positions(DEFAULT_ACCOUNT)))
+    options = [leg for leg in legs if leg["sec_type"] == "OPT"]
+    assert options
+    for leg in options:
+        assert leg["option_right"] in ("C", "P")
+        assert leg["strike"] > 0
+        assert leg["expiry"] is not None
+        assert len(leg["expiry"]) == 8
+        assert leg["implied_vol"] == pytest.approx(0.18, abs=0.001)  # the book's, per one

@@ -16,8 +16,8 @@ from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
+from tests.sim.portal.test_portal_sim import START as PORTAL_START
 
-from .test_portal_e2e import START as PORTAL_START
 from .test_portal_e2e import World as PortalWorld
 from .test_socket_e2e import NY, World, make_world
 

@@ -34,7 +34,7 @@ import contextlib
 import json
 import logging
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -584,6 +584,31 @@ def _leftovers(buffer: Path) -> list[str]:
     return problems
 
 
+async def _leg_problems(world: World, rows: list[asyncpg.Record]) -> list[str]:
+    """position_greeks: no leg twice, every stored tick's legs all there, summing to its net."""
+    legs = await world.db.fetch("SELECT * FROM position_greeks")
+    problems: list[str] = []
+    slots = Counter((leg["account"], leg["conid"], leg["timestamp"]) for leg in legs)
+    if len({leg["bridge_key"] for leg in legs}) != len(legs) or any(n > 1 for n in slots.values()):
+        problems.append("duplicated position_greeks rows")
+    by_tick: dict[datetime, list[asyncpg.Record]] = defaultdict(list)
+    for leg in legs:
+        by_tick[leg["timestamp"]].append(leg)
+    held = len(world.portfolio.positions(ACCOUNT))
+    nets = [r for r in rows if r["contract"] == "PORTFOLIO"]
+    for net in nets:
+        tick = by_tick.pop(net["timestamp"], [])
+        total = sum(leg["delta"] for leg in tick)
+        if len(tick) != held or not math.isclose(total, net["delta"], rel_tol=1e-9, abs_tol=1e-9):
+            problems.append(f"the tick at {net['timestamp']} has {len(tick)} of {held} legs")
+            break
+    if by_tick:
+        problems.append(f"{len(by_tick)} ticks of position_greeks without their net row")
+    if not legs:
+        problems.append("no position_greeks rows: the legs were not exercised")
+    return problems
+
+
 async def check_invariants(world: World, case: str, *, allow_refusals: bool = False) -> Report:
     """The invariants every case ends with; call after the last bridge stopped."""
     problems: list[str] = []
@@ -623,6 +648,8 @@ async def check_invariants(world: World, case: str, *, allow_refusals: bool = Fa
     problems += _leftovers(world.buffer_path)
     if not rows:
         problems.append("no rows were written at all: the case proved nothing")
+    if world.env.get("BRIDGE_POSITION_ROWS") == "true":
+        problems += await _leg_problems(world, rows)
     return Report(
         case=case,
         submitted=len(submitted_keys),

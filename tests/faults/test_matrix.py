@@ -278,10 +278,13 @@ async def buffer_unreadable(w: World) -> None:
     await w.start_bridge()  # readable again: the buffered rows are drained
 
 
+LEGS = {"BRIDGE_POSITION_ROWS": "true"}
+
 DATABASE_CASES = [
-    Case("db-down-at-start", database_down_at_start, setup=db_down),
-    Case("db-down-mid-run", database_down_mid_run),
-    Case("db-flapping-every-3s", database_flapping),
+    # The outage rows also write position_greeks: its legs are checked like the nets.
+    Case("db-down-at-start", database_down_at_start, setup=db_down, env=LEGS),
+    Case("db-down-mid-run", database_down_mid_run, env=LEGS),
+    Case("db-flapping-every-3s", database_flapping, env=LEGS),
     Case(
         "db-slower-than-statement-timeout",
         database_slower_than_the_deadline,

@@ -43,7 +43,7 @@ def test_drain_benchmark_runs() -> None:
 
 @pytest.mark.slow
 def test_tick_benchmark_runs() -> None:
-    out = run("tick.py", "--legs", "50", "--seconds", "3", "--interval", "0.5")
+    out = run("tick.py", "--legs", "50", "--seconds", "3", "--interval", "0.5", "--profile", "2")
     phases = {
         m["name"]: m
         for m in re.finditer(
@@ -63,10 +63,88 @@ def test_tick_benchmark_runs() -> None:
     for m in phases.values():
         assert int(m["ticks"]) > 0
         assert m["table"] == m["submitted"]
+    # The bare ib_async client requested the 50 legs and their 10 stocks and heard them.
+    floor = re.search(
+        r"^round 1: floor \(50 legs, bare ib_async client, 60 streams\): [\d.]+ s, "
+        r"(?P<updates>\d+) ticker updates; CPU [\d.]+ % of a core",
+        out,
+        re.M,
+    )
+    assert floor, out
+    assert int(floor["updates"]) > 0, out
+    assert re.search(r"^round 1: load .*bare INSERT\+COMMIT p50 [\d.]+ ms p99 [\d.]+ ms", out, re.M)
     assert re.search(
-        r"^median over 1 round\(s\), 50 legs / 10 underlyings, .*aggregate\+write p50 [\d.]+ ms "
-        r"p99 [\d.]+ ms \(target <= 10: (target met|MISSED);.*CPU [\d.]+ % of a core "
-        r"\(target <= 2: (target met|MISSED);",
+        r"^median over 1 rounds, 50 legs / 10 underlyings, .*"
+        r"CPU bridge / bare ib_async [\d.]+x of the per-round [\d.]+ "
+        r"\(target <= 1.15: (met|NOT MET);.*"
+        r"tick work p50 [\d.]+ ms p99 [\d.]+ ms \(target <= 2: (met|NOT MET);.*"
+        r"durable write p99 / bare INSERT\+COMMIT p99 [\d.]+x of the per-round [\d.]+ "
+        r"\(target <= 1.5: (met|NOT MET);",
         out,
         re.M,
     ), out
+    profiled = re.search(
+        r"^profile: (?P<ticks>\d+) ticks under cProfile, [\d.]+ ms/tick", out, re.M
+    )
+    assert profiled, out
+    assert int(profiled["ticks"]) > 0, out
+    # The cumulative listing starts at the writer's tick: only the tick work was profiled.
+    assert re.search(r"^profile: .*_writer\.py:\d+\(tick\)", out, re.M), out
+
+
+SCALING_TINY = ("--sizes", "5,12", "--seconds", "2", "--interval", "0.5")
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_prints_the_table_and_the_hour() -> None:
+    out = run(
+        "scaling.py", *SCALING_TINY, "--plot", "none",
+        "--hour", "--hour-legs", "5", "--hour-seconds", "3",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| (?P<legs>[\d,]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ "
+        r"\| (?P<rows>[\d.]+) \| (?P<ticks>\d+) \(\d+\) \|",
+        out,
+        re.M,
+    )
+    assert [legs for legs, _, _ in rows] == ["5", "12"], out
+    for _, rows_per_s, ticks in rows:
+        assert int(ticks) > 0
+        assert float(rows_per_s) > 0
+    assert re.search(
+        r"^accelerated hour, 5 legs, poll 0.1 s, .* RSS [\d.]+ -> max [\d.]+ -> [\d.]+ MB, "
+        r"growth [+-][\d.]+ MB \(.*target <= 2: (met|NOT MET)\)",
+        out,
+        re.M,
+    ), out
+    assert "plot:" not in out
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_draws_the_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the bench extra (matplotlib)")
+    png = tmp_path / "scaling.png"
+    out = run("scaling.py", *SCALING_TINY, "--plot", str(png))
+    assert f"plot: {png}" in out
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_scaling_benchmark_says_how_to_install_matplotlib() -> None:
+    # As if matplotlib were not installed: a None entry in sys.modules makes the import fail.
+    script = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        f"sys.argv = ['scaling.py', '--sizes', '5']; sys.path.insert(0, {str(BENCHMARKS)!r}); "
+        f"runpy.run_path({str(BENCHMARKS / 'scaling.py')!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=BENCHMARKS.parent,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "pip install -e '.[bench]'" in done.stderr
+    assert "--plot none" in done.stderr
+    assert "size" not in done.stdout  # nothing was measured

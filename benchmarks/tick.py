@@ -135,7 +135,10 @@ def summary(
     tick99 = med([load.p("tick", 99) for _, _, load in rounds])
     cpu_ratio, write_ratio = med(cpu_ratios), med(write_ratios)
     ticks = sum(load.ticks for _, _, load in rounds)
-    listed = lambda values: ", ".join(f"{v:.2f}" for v in values)  # noqa: E731
+
+    def listed(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
     return (
         f"median over {len(rounds)} rounds, {args.legs} legs / {args.underlyings} underlyings, "
         f"poll {args.interval:g} s, simulator ticks every {args.sim_tick_interval:g} s, "

@@ -257,7 +257,7 @@ def test_the_account_choice() -> None:
             anyone._choose_accounts(none)
     one = SocketFeed(client_id=CLIENT_ID, account="DU2")
     assert one._choose_accounts(["DU1", "DU2"]) == ("DU2",)
-    with pytest.raises(AccountSelectionError, match="DU3 is not managed.*DU1, DU2"):
+    with pytest.raises(AccountSelectionError, match=r"DU3 is not managed.*DU1, DU2"):
         SocketFeed(client_id=CLIENT_ID, account="DU3")._choose_accounts(["DU1", "DU2"])
     with pytest.raises(AccountSelectionError, match="it manages: none"):
         one._choose_accounts([])
@@ -272,7 +272,11 @@ async def test_a_position_change_in_either_account_is_followed(clock: FakeClock)
         await rows_of(feed, clock, lambda rows: rows[0].dollar_delta is not None)
         sim.set_position("DU222", SPY_CONID, -50.0)
         rows = await rows_of(feed, clock, lambda rows: rows[1].delta == -50.0)
-        assert [(r.account, r.delta) for r in rows] == [("DU111", 100.0), ("DU222", -50.0), ("", 50.0)]
+        assert [(r.account, r.delta) for r in rows] == [
+            ("DU111", 100.0),
+            ("DU222", -50.0),
+            ("", 50.0),
+        ]
         sim.remove_position("DU111", SPY_CONID)
         rows = await rows_of(feed, clock, lambda rows: rows[0].legs == 0)
         assert [(r.account, r.delta, r.legs) for r in rows] == [

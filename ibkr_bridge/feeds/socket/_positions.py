@@ -31,7 +31,8 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
     """The legs of ``session``'s open positions that carry Greeks, and the option legs' ages.
 
     Each leg carries its position's account; a contract held in two accounts is two legs
-    (over one market-data stream) and is judged once. ``mono`` is the feed clock's monotonic time now.
+    (over one market-data stream) and is judged once. ``mono`` is the feed clock's
+    monotonic time now.
     """
     legs: list[Leg] = []
     judged: list[LegGreeks] = []

@@ -72,6 +72,7 @@ async def make_world(
     tmp_path: Path,
     start: datetime,
     book: Callable[[datetime], Portfolio] = single_underlying_portfolio,
+    /,
     **env: str,
 ) -> AsyncIterator[World]:
     """The real Bridge over the simulator serving ``book`` (as of ``start``) and ``db``."""

@@ -27,6 +27,7 @@ from ibkr_bridge.sim.portfolio import (
     load_portfolio,
     portfolio_from_dict,
     single_underlying_portfolio,
+    two_account_portfolio,
 )
 from ibkr_bridge.sim.tws import RequestRecord, TwsSimulator
 
@@ -52,4 +53,5 @@ __all__ = [
     "run_fault_script",
     "serve_portal",
     "single_underlying_portfolio",
+    "two_account_portfolio",
 ]

@@ -2,6 +2,7 @@
 
     python -m ibkr_bridge.sim socket --port 4001 --portfolio examples/portfolio.json \\
         --faults script.json --seed 1
+    python -m ibkr_bridge.sim socket --book two-accounts
     python -m ibkr_bridge.sim portal --port 5001 --cert-dir ~/.ibkr-sim-cert
 
 Subcommands name the API simulated (``socket`` is the TWS API / IB Gateway, ``portal`` the
@@ -18,13 +19,28 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from ibkr_bridge.sim.faults import FaultScriptError, load_fault_script
-from ibkr_bridge.sim.portfolio import Portfolio, default_portfolio, load_portfolio
+from ibkr_bridge.sim.portfolio import (
+    Portfolio,
+    default_portfolio,
+    load_portfolio,
+    single_underlying_portfolio,
+    two_account_portfolio,
+)
 from ibkr_bridge.sim.tws import TwsSimulator
 
 log = logging.getLogger("ibkr_bridge.sim")
+
+#: The built-in books ``socket --book`` picks by name (``demo`` when neither it nor
+#: ``--portfolio`` is given).
+BOOKS: dict[str, Callable[[datetime | None, int | None], Portfolio]] = {
+    "demo": default_portfolio,
+    "spy": single_underlying_portfolio,
+    "two-accounts": two_account_portfolio,
+}
 
 
 def _simulator_parser(
@@ -52,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     socket.add_argument(
         "--tick-interval", type=float, default=1.0, help="seconds between ticks (1.0)"
+    )
+    socket.add_argument(
+        "--book",
+        choices=sorted(BOOKS),
+        help="a built-in book instead of --portfolio: demo (the default; SPY and ES options), "
+        "spy (SPY only), two-accounts (two managed accounts, one contract held in both)",
     )
     portal = _simulator_parser(
         commands, "portal", "Client Portal Web API gateway over HTTPS", port=5001
@@ -132,11 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    book = getattr(args, "book", None)
+    if book is not None and args.portfolio:
+        log.error("--book and --portfolio are alternatives: give one")
+        return 2
     try:
+        seed = args.seed if args.seed is not None else 0
         portfolio = (
             load_portfolio(args.portfolio, seed=args.seed)
             if args.portfolio
-            else default_portfolio(seed=args.seed if args.seed is not None else 0)
+            else BOOKS[book or "demo"](None, seed)
         )
         if args.command == "socket":
             asyncio.run(_run_socket(args, portfolio))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,10 +68,16 @@ class World:
 
 
 async def make_world(
-    db: TestDatabase, tmp_path: Path, start: datetime, **env: str
+    db: TestDatabase,
+    tmp_path: Path,
+    start: datetime,
+    book: Callable[[datetime], Portfolio] = single_underlying_portfolio,
+    /,
+    **env: str,
 ) -> AsyncIterator[World]:
+    """The real Bridge over the simulator serving ``book`` (as of ``start``) and ``db``."""
     clock = FakeClock(start=start.astimezone(UTC))
-    portfolio = single_underlying_portfolio(as_of=clock.now())
+    portfolio = book(clock.now())
     async with (
         TcpProxy(*db.server_address()) as pg,
         TwsSimulator(portfolio, clock=clock, tick_interval=10_000_000.0) as sim,

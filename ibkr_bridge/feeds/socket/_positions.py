@@ -30,10 +30,13 @@ if TYPE_CHECKING:
 def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGreeks]]:
     """The legs of ``session``'s open positions that carry Greeks, and the option legs' ages.
 
-    ``mono`` is the feed clock's monotonic time now.
+    Each leg carries its position's account; a contract held in two accounts is two legs
+    (over one market-data stream) and is judged once. ``mono`` is the feed clock's
+    monotonic time now.
     """
     legs: list[Leg] = []
     judged: list[LegGreeks] = []
+    seen: set[int] = set()  # the conids judged: one stream, one verdict
     for pos in session.open_positions():
         contract = pos.contract
         sec_type = contract.secType.upper()
@@ -45,7 +48,9 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
         option: _OptionFields = {}
         if sec_type in OPTION_SEC_TYPES:
             greeks = ticker.modelGreeks if ticker is not None else None
-            judged.append(_judged(session, contract, sec_type, sub, greeks, mono))
+            if contract.conId not in seen:
+                seen.add(contract.conId)
+                judged.append(_judged(session, contract, sec_type, sub, greeks, mono))
             values = _option_values(greeks)
             option = _option_fields(contract, greeks, ticker)
         else:
@@ -60,6 +65,7 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
                 multiplier=_multiplier(contract.multiplier),
                 **values,
                 ib_sentinels=True,  # ib_async marks a Greek not computed with -2
+                account=pos.account,
                 local_symbol=contract.localSymbol or "",
                 **option,
             )

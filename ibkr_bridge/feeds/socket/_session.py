@@ -106,7 +106,7 @@ class _Session(_Subscriptions):
         self.lost(f"socket closed ({reason})")
 
     def on_position(self, position: Position) -> None:
-        if self.closed or not self.synced or position.account != self.account:
+        if self.closed or not self.synced or position.account not in self.accounts:
             return
         self.lookups_failed.clear()
         self.request_reconcile()

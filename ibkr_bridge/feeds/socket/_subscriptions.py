@@ -45,7 +45,7 @@ class _Subscriptions:
     def __init__(self, feed: SocketFeed, ib: IB) -> None:
         self.feed = feed
         self.ib = ib
-        self.account: str | None = None
+        self.accounts: tuple[str, ...] = ()  # reported on; set once connected
         self.synced = False  # positions received (positionEnd) for this instance
         self.needs_resubscribe = False  # after IB 1101 until resubscribe()
         self.subs: dict[int, _Subscription] = {}
@@ -72,9 +72,8 @@ class _Subscriptions:
         return self.feed.listener
 
     def open_positions(self) -> list[Position]:
-        if self.account is None:
-            return []
-        return [p for p in self.ib.positions(self.account) if p.position != 0]
+        """The open positions of every account reported on (a contract may be in several)."""
+        return [p for a in self.accounts for p in self.ib.positions(a) if p.position != 0]
 
     def request_reconcile(self) -> None:
         """Bring subscriptions in line with positions soon (coalesced, in order)."""

@@ -2,8 +2,9 @@
 
 :class:`SocketFeed` implements :class:`~ibkr_bridge.feeds.protocol.Feed`. Each
 :meth:`~SocketFeed.connect` builds a fresh ``ib_async.IB`` (a :class:`_Session`), picks
-the account, waits for the position sync and subscribes streaming market data for every
-leg; IB's connectivity codes are passed to the
+the accounts (IB_ACCOUNT, else every account the login manages), waits for the position
+sync and subscribes streaming market data for every contract held (once, whichever
+accounts hold it); IB's connectivity codes are passed to the
 :class:`~ibkr_bridge.feeds.protocol.FeedListener`. Legs that need contract details
 first (futures, futures options, an option's underlying stock) are looked up after connect,
 paced by ``SOCKET_DETAILS_LIMIT`` and cached by the feed across reconnects, so connect does
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 class SocketFeed:
     """The SOCKET-mode :class:`~ibkr_bridge.feeds.protocol.Feed` over ib_async 2.1.0.
 
-    ``account`` is IB_ACCOUNT (required when the login manages several accounts);
+    ``account`` is IB_ACCOUNT; without it the feed reports on every account the login
+    manages (one set of rows per account, then the all-accounts rows under account ``""``);
     ``market_data_type`` is IB's 1 live, 2 frozen, 3 delayed, 4 delayed-frozen;
     ``connect_timeout`` bounds each step of the handshake and each request the feed waits on;
     a Gateway announcing a frame over ``max_frame_bytes`` is disconnected (:class:`FrameLimit`).
@@ -108,7 +110,7 @@ class SocketFeed:
         self._pacer = RateLimiter(
             self.clock, global_limit=None, limits={_DETAILS: SOCKET_DETAILS_LIMIT}
         )
-        self._account: str | None = self.configured_account
+        self._accounts: tuple[str, ...] = ()  # reported on, as found at the last connect
         self._session: _Session | None = None
         self.rule = rule if rule is not None else GreeksRule()
         #: What the staleness rule said at the last snapshot (None: no market state then).
@@ -138,8 +140,19 @@ class SocketFeed:
 
     @property
     def account(self) -> str | None:
-        """The account reported on: IB_ACCOUNT, or the one found at the last connect."""
-        return self._account
+        """The account reported on: IB_ACCOUNT, or the ones found at the last connect.
+
+        Several accounts read as one string, comma-separated (``"DU111,DU222"``), for the
+        connect event, status and health; the rows of all of them carry account ``""``.
+        """
+        if not self._accounts:
+            return self.configured_account
+        return ",".join(self._accounts)
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """The accounts reported on since the last connect (empty before the first)."""
+        return self._accounts
 
     @property
     def connected(self) -> bool:
@@ -173,8 +186,8 @@ class SocketFeed:
                     fetchFields=StartupFetchNONE,
                 )
             )
-            session.account = self._choose_account(session.ib.managedAccounts())
-            self._account = session.account
+            session.accounts = self._choose_accounts(session.ib.managedAccounts())
+            self._accounts = session.accounts
             session.synced = True
             session.ib.reqMarketDataType(self.market_data_type)
             session.dirty = True
@@ -189,22 +202,20 @@ class SocketFeed:
             session.close("connect failed")
             raise
 
-    def _choose_account(self, accounts: list[str]) -> str:
-        listed = ", ".join(accounts) or "none"
+    def _choose_accounts(self, accounts: list[str]) -> tuple[str, ...]:
+        """IB_ACCOUNT if the login manages it, else every managed account (in IB's order)."""
         wanted = self.configured_account
         if wanted is not None:
             if wanted not in accounts:
+                listed = ", ".join(accounts) or "none"
                 raise AccountSelectionError(
                     f"IB_ACCOUNT {wanted} is not managed by this login; it manages: {listed}"
                 )
-            return wanted
-        if len(accounts) == 1:
-            return accounts[0]
-        raise AccountSelectionError(
-            f"this login manages several accounts ({listed}); set IB_ACCOUNT to one of them"
-            if accounts
-            else "the gateway reported no managed account"
-        )
+            return (wanted,)
+        if not any(accounts):
+            raise AccountSelectionError("the gateway reported no managed account")
+        # IB lists each once; a repeat or an empty entry must not become an account.
+        return tuple(dict.fromkeys(a for a in accounts if a))
 
     async def disconnect(self) -> None:
         """Close the current IB instance; quiet, idempotent, never raises."""
@@ -240,14 +251,16 @@ class SocketFeed:
         self.legs_verdict = None
         self.position_rows = []
         session = self._session
-        if session is None or not session.usable or session.account is None:
+        if session is None or not session.usable or not session.accounts:
             return None
         legs, judged = session_legs(session, self.clock.monotonic())
+        accounts = session.accounts
         self.legs_verdict, rows, self.position_rows = rows_from_legs(
             legs,
             judged,
             self.rule,
-            account=session.account,
+            account=accounts[0] if len(accounts) == 1 else "",
+            accounts=accounts,
             now=now,
             mode=self.mode,
             prices=lambda: underlying_prices(session),

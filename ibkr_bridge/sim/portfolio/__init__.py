@@ -16,7 +16,7 @@ per contract (price x multiplier) for options and futures; short positions are n
 The parts: ``_calendar`` (expiry times, relative expiries), ``_records`` (instruments,
 positions and the other immutable records), ``_black_scholes`` (the model), ``_walk``
 (the random walk), ``_portfolio`` (the mutable :class:`Portfolio`), ``_loading`` (from a
-mapping or a file) and ``_demo`` (the demo books).
+mapping or a file) and ``_demo`` (the demo books, one with two accounts).
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from ibkr_bridge.sim.portfolio._black_scholes import OptionGreeks, black_scholes
 from ibkr_bridge.sim.portfolio._calendar import NEW_YORK, resolve_expiry, years_between
 from ibkr_bridge.sim.portfolio._demo import (
     ES_CONID,
+    SECOND_ACCOUNT,
     SPY_CONID,
     default_portfolio,
     single_underlying_portfolio,
+    two_account_portfolio,
 )
 from ibkr_bridge.sim.portfolio._loading import load_portfolio, portfolio_from_dict
 from ibkr_bridge.sim.portfolio._portfolio import Portfolio
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_ACCOUNT",
     "ES_CONID",
     "NEW_YORK",
+    "SECOND_ACCOUNT",
     "SPY_CONID",
     "Instrument",
     "OptionGreeks",
@@ -56,5 +59,6 @@ __all__ = [
     "portfolio_from_dict",
     "resolve_expiry",
     "single_underlying_portfolio",
+    "two_account_portfolio",
     "years_between",
 ]

@@ -1,4 +1,4 @@
-"""The demo portfolios: a SPY stock-and-options book, and the same plus ES futures options."""
+"""The demo portfolios: SPY stock and options, the same plus ES futures options, two accounts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from ibkr_bridge.sim.portfolio._records import DEFAULT_ACCOUNT, Instrument, Posi
 
 SPY_CONID: Final = 756733
 ES_CONID: Final = 637533641
+#: The second account of :func:`two_account_portfolio` (the first is DEFAULT_ACCOUNT).
+SECOND_ACCOUNT: Final = "DU7654321"
 
 
 def _spy_part(as_of: datetime) -> tuple[list[Instrument], list[Position]]:
@@ -57,19 +59,17 @@ def single_underlying_portfolio(as_of: datetime | None = None, seed: int | None 
     )
 
 
-def default_portfolio(as_of: datetime | None = None, seed: int | None = 0) -> Portfolio:
-    """The demo: the SPY book plus ES futures options (multiplier 50) on one account."""
-    when = aware(as_of) if as_of is not None else datetime.now(UTC)
-    instruments, positions = _spy_part(when)
+def _es_part(as_of: datetime) -> tuple[Instrument, Instrument, Instrument]:
+    """The ES future (multiplier 50) and a call and a put on it, 45 days out."""
     es = Instrument(
         ES_CONID,
         "ES",
         "FUT",
         exchange="CME",
-        expiry=resolve_expiry("+110d", when),
+        expiry=resolve_expiry("+110d", as_of),
         multiplier=50.0,
     )
-    fop_expiry = resolve_expiry("+45d", when)
+    fop_expiry = resolve_expiry("+45d", as_of)
 
     def fop(conid: int, strike: float, right: Right) -> Instrument:
         return Instrument(
@@ -84,8 +84,14 @@ def default_portfolio(as_of: datetime | None = None, seed: int | None = 0) -> Po
             underlying_conid=ES_CONID,
         )
 
-    es_call = fop(800000201, 6100.0, "C")
-    es_put = fop(800000202, 5800.0, "P")
+    return es, fop(800000201, 6100.0, "C"), fop(800000202, 5800.0, "P")
+
+
+def default_portfolio(as_of: datetime | None = None, seed: int | None = 0) -> Portfolio:
+    """The demo: the SPY book plus ES futures options (multiplier 50) on one account."""
+    when = aware(as_of) if as_of is not None else datetime.now(UTC)
+    instruments, positions = _spy_part(when)
+    es, es_call, es_put = _es_part(when)
     instruments += [es, es_call, es_put]
     positions += [
         Position(DEFAULT_ACCOUNT, es_call, -1.0, 5250.0),
@@ -93,6 +99,37 @@ def default_portfolio(as_of: datetime | None = None, seed: int | None = 0) -> Po
     ]
     return Portfolio(
         [DEFAULT_ACCOUNT],
+        instruments,
+        positions,
+        spots={SPY_CONID: 600.0, ES_CONID: 6000.0},
+        volatilities={SPY_CONID: 0.18, ES_CONID: 0.16},
+        seed=seed,
+        as_of=when,
+    )
+
+
+def two_account_portfolio(as_of: datetime | None = None, seed: int | None = 0) -> Portfolio:
+    """Two accounts under one login: stocks, equity and futures options, futures, shorts.
+
+    DEFAULT_ACCOUNT holds the SPY book (long stock, long calls, short puts) and is short
+    one ES call; SECOND_ACCOUNT is short SPY stock, long ES puts and one ES future, and
+    holds the near SPY call too (one contract in both accounts: one market-data stream).
+    """
+    when = aware(as_of) if as_of is not None else datetime.now(UTC)
+    instruments, positions = _spy_part(when)
+    call_near = instruments[1]
+    es, es_call, es_put = _es_part(when)
+    instruments += [es, es_call, es_put]
+    spy = instruments[0]
+    positions += [
+        Position(DEFAULT_ACCOUNT, es_call, -1.0, 5250.0),
+        Position(SECOND_ACCOUNT, spy, -50.0, 590.0),
+        Position(SECOND_ACCOUNT, call_near, 3.0, 1180.0),
+        Position(SECOND_ACCOUNT, es_put, 2.0, 2600.0),
+        Position(SECOND_ACCOUNT, es, 1.0, 300_000.0),
+    ]
+    return Portfolio(
+        [DEFAULT_ACCOUNT, SECOND_ACCOUNT],
         instruments,
         positions,
         spots={SPY_CONID: 600.0, ES_CONID: 6000.0},

@@ -217,17 +217,74 @@ async def test_connects_picks_the_single_account_and_subscribes_every_leg(
         assert recorder.of("disconnected") == []
 
 
-async def test_several_accounts_without_ib_account_is_refused_listing_them(
+def two_spy_accounts(clock: FakeClock) -> Portfolio:
+    """DU111 long 100 SPY, DU222 short 300 SPY: a stock-only book on two accounts."""
+    demo = single_underlying_portfolio(as_of=clock.now())
+    spy = demo.instrument(SPY_CONID)
+    return Portfolio(
+        ["DU111", "DU222"],
+        demo.instruments(),
+        [Position("DU111", spy, 100.0, 500.0), Position("DU222", spy, -300.0, 500.0)],
+        spots={SPY_CONID: 600.0},
+        as_of=clock.now(),
+    )
+
+
+async def test_several_accounts_without_ib_account_reports_each_and_all(
     clock: FakeClock,
 ) -> None:
-    portfolio = Portfolio(["DU111", "DU222"], as_of=clock.now())
-    async with simulator(portfolio, clock) as sim:
-        feed, _ = make_feed(sim)
-        with pytest.raises(AccountSelectionError, match="DU111, DU222") as caught:
-            await feed.connect()
-        assert "IB_ACCOUNT" in str(caught.value)
-        assert not feed.connected
-        await eventually(lambda: sim.open_connections == 0, "the refused session to close")
+    async with simulator(two_spy_accounts(clock), clock) as sim, connected(sim) as (feed, _):
+        assert feed.accounts == ("DU111", "DU222")
+        assert feed.account == "DU111,DU222"  # what the connect event and status show
+        rows = await rows_of(feed, clock, lambda rows: rows[0].dollar_delta is not None)
+        assert [(r.account, r.contract, r.delta) for r in rows] == [
+            ("DU111", PORTFOLIO, 100.0),
+            ("DU222", PORTFOLIO, -300.0),
+            ("", PORTFOLIO, -200.0),
+        ]
+        assert [r.dollar_delta for r in rows] == pytest.approx([60_000.0, -180_000.0, -120_000.0])
+        # One stream for the stock both accounts hold.
+        assert list(sim.subscriptions_of(CLIENT_ID).values()) == [SPY_CONID]
+
+
+def test_the_account_choice() -> None:
+    anyone = SocketFeed(client_id=CLIENT_ID)
+    assert anyone._choose_accounts(["DU1"]) == ("DU1",)
+    assert anyone._choose_accounts(["DU2", "DU1"]) == ("DU2", "DU1")  # IB's order
+    assert anyone._choose_accounts(["DU1", "", "DU1", "DU2"]) == ("DU1", "DU2")
+    for none in ([], [""]):
+        with pytest.raises(AccountSelectionError, match="no managed account"):
+            anyone._choose_accounts(none)
+    one = SocketFeed(client_id=CLIENT_ID, account="DU2")
+    assert one._choose_accounts(["DU1", "DU2"]) == ("DU2",)
+    with pytest.raises(AccountSelectionError, match=r"DU3 is not managed.*DU1, DU2"):
+        SocketFeed(client_id=CLIENT_ID, account="DU3")._choose_accounts(["DU1", "DU2"])
+    with pytest.raises(AccountSelectionError, match="it manages: none"):
+        one._choose_accounts([])
+    # Before any connect the account is IB_ACCOUNT, or not known yet.
+    assert (one.account, one.accounts) == ("DU2", ())
+    assert (anyone.account, anyone.accounts) == (None, ())
+
+
+async def test_a_position_change_in_either_account_is_followed(clock: FakeClock) -> None:
+    portfolio = two_spy_accounts(clock)
+    async with simulator(portfolio, clock) as sim, connected(sim) as (feed, _):
+        await rows_of(feed, clock, lambda rows: rows[0].dollar_delta is not None)
+        sim.set_position("DU222", SPY_CONID, -50.0)
+        rows = await rows_of(feed, clock, lambda rows: rows[1].delta == -50.0)
+        assert [(r.account, r.delta) for r in rows] == [
+            ("DU111", 100.0),
+            ("DU222", -50.0),
+            ("", 50.0),
+        ]
+        sim.remove_position("DU111", SPY_CONID)
+        rows = await rows_of(feed, clock, lambda rows: rows[0].legs == 0)
+        assert [(r.account, r.delta, r.legs) for r in rows] == [
+            ("DU111", 0.0, 0),  # flat, still reported
+            ("DU222", -50.0, 1),
+            ("", -50.0, 1),
+        ]
+        assert list(sim.subscriptions_of(CLIENT_ID).values()) == [SPY_CONID]
 
 
 async def test_ib_account_not_managed_is_refused(clock: FakeClock) -> None:
@@ -241,20 +298,13 @@ async def test_ib_account_not_managed_is_refused(clock: FakeClock) -> None:
 
 
 async def test_ib_account_among_several_reports_only_that_account(clock: FakeClock) -> None:
-    demo = single_underlying_portfolio(as_of=clock.now())
-    spy = demo.instrument(SPY_CONID)
-    portfolio = Portfolio(
-        ["DU111", "DU222"],
-        demo.instruments(),
-        [Position("DU111", spy, 100.0, 500.0), Position("DU222", spy, -300.0, 500.0)],
-        spots={SPY_CONID: 600.0},
-        as_of=clock.now(),
-    )
+    portfolio = two_spy_accounts(clock)
     async with (
         simulator(portfolio, clock) as sim,
         connected(sim, account="DU222") as (feed, _),
     ):
         assert feed.account == "DU222"
+        assert feed.accounts == ("DU222",)
         # A stock-only book waits for no Greek: its first rows may lack the price.
         rows = await rows_of(feed, clock, lambda rows: rows[0].dollar_delta is not None)
         assert [(r.account, r.contract, r.delta) for r in rows] == [("DU222", PORTFOLIO, -300.0)]

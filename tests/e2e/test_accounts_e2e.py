@@ -99,3 +99,27 @@ async def test_ib_account_picks_one_of_them(db: TestDatabase, tmp_path: Path) ->
             assert_matches(row, want)
             assert (row["legs"], row["legs_missing"]) == (LEGS[SECOND_ACCOUNT], 0)
         assert world.bridge.status.account == SECOND_ACCOUNT
+
+
+async def test_each_accounts_position_rows_sum_to_its_portfolio_row(
+    db: TestDatabase, tmp_path: Path
+) -> None:
+    async for world in accounts_world(db, tmp_path, BRIDGE_POSITION_ROWS="true"):
+        await world.live_with_data()
+        await world.ticks(3)
+        ticks = by_tick(await world.rows())
+        legs = await world.db.fetch("SELECT * FROM position_greeks")
+        assert len(ticks) == 3
+        assert len(legs) == 3 * LEGS[""]
+        for tick in ticks:
+            stamp = tick[""]["timestamp"]
+            for account in ACCOUNTS:
+                own = [g for g in legs if g["timestamp"] == stamp and g["account"] == account]
+                assert len(own) == LEGS[account]
+                for name in GREEKS:
+                    parts = sum(g[name] for g in own)
+                    assert parts == pytest.approx(tick[account][name], rel=1e-9, abs=1e-9), name
+        kinds = {(g["sec_type"], g["position"] < 0) for g in legs}
+        # Stocks, equity options, futures options, a future, and shorts among them.
+        assert {"STK", "OPT", "FOP", "FUT"} <= {kind for kind, _ in kinds}
+        assert any(short for _, short in kinds)

@@ -55,6 +55,7 @@ class _GreeksData(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     api_mode: str
     legs: int
     legs_missing: int
+    legs_model: int  # on the line, not a column: checked for shape, then dropped
 
 
 class _GreeksLine(msgspec.Struct, gc=False):
@@ -67,7 +68,7 @@ class _GreeksLine(msgspec.Struct, gc=False):
     data: _GreeksData
 
 
-if _GreeksData.__struct_fields__ != GREEKS_COPY_COLUMNS[1:-1]:  # pragma: no cover
+if _GreeksData.__struct_fields__[:-1] != GREEKS_COPY_COLUMNS[1:-1]:  # pragma: no cover
     raise ImportError("the drain's Greeks struct no longer matches the COPY columns")
 
 _decode: Final = msgspec.json.Decoder(_GreeksLine).decode

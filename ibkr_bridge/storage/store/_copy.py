@@ -1,9 +1,10 @@
 """The COPY paths: one batch in one transaction, optimistic COPY first, replays as no-ops.
 
-Optimistically the batch is COPYed straight into the tables. If any key is already there
-(a replay) that COPY fails as a whole and a savepoint undoes it; then the batch goes
-through per-connection temporary tables and one ``INSERT ... SELECT ... ORDER BY seq ON
-CONFLICT (bridge_key) DO NOTHING`` per table.
+Optimistically the batch is COPYed straight into the tables: a batch for one table in
+one COPY, which is a transaction of its own, several in one transaction. If any key is
+already there (a replay) that COPY fails as a whole and its transaction leaves nothing;
+then the batch goes, in a new transaction, through per-connection temporary tables and
+one ``INSERT ... SELECT ... ORDER BY seq ON CONFLICT (bridge_key) DO NOTHING`` per table.
 """
 
 from __future__ import annotations
@@ -84,17 +85,23 @@ async def copy_batch(
     conn: asyncpg.Connection, greeks: Sequence[GreeksTuple], events: Sequence[EventTuple]
 ) -> None:
     """Write one batch in one transaction, in order; replayed keys are skipped."""
-    async with conn.transaction():
-        # Optimistic first: COPY straight into the tables, as fast as COPY gets.
-        # A replayed key makes it fail as a whole (a savepoint undoes just that);
-        # then the temp-table path below inserts what is new and skips replays.
-        try:
+    tables = by_table(greeks)
+    # Optimistic first: COPY straight into the tables, as fast as COPY gets. A replayed
+    # key makes it fail as a whole and its transaction leaves nothing; then the
+    # temp-table path below inserts what is new and skips replays, in a transaction anew.
+    try:
+        if len(tables) + bool(events) == 1:
+            # One COPY is a transaction of its own: no BEGIN and COMMIT round trips,
+            # which the drain (almost always one table per batch) would wait for.
+            await _copy_direct(conn, tables, events)
+        else:
             async with conn.transaction():
-                await _copy_direct(conn, by_table(greeks), events)
-            return
-        except asyncpg.UniqueViolationError as exc:
-            if not is_replay(exc):
-                raise  # another unique constraint: the record's own data
+                await _copy_direct(conn, tables, events)
+        return
+    except asyncpg.UniqueViolationError as exc:
+        if not is_replay(exc):
+            raise  # another unique constraint: the record's own data
+    async with conn.transaction():
         if greeks:
             await conn.copy_records_to_table(
                 "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS

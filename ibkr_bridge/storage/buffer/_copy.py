@@ -28,6 +28,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from ibkr_bridge.core.greeks import PORTFOLIO
 from ibkr_bridge.core.records import PositionRow, record_from_dict
 from ibkr_bridge.storage.buffer._format import _CRC_OPEN, _CRC_TAIL, _parse_raw_line
 from ibkr_bridge.storage.positions import position_tuple
@@ -36,6 +37,7 @@ from ibkr_bridge.storage.store import (
     EventTuple,
     GreeksTuple,
     PositionTuple,
+    RoutedGreeks,
     split_raw,
 )
 
@@ -63,6 +65,7 @@ class _GreeksData(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     api_mode: str
     legs: int
     legs_missing: int
+    legs_model: int  # on the line, not a column: checked for shape, then dropped
 
 
 class _GreeksLine(msgspec.Struct, gc=False):
@@ -75,7 +78,7 @@ class _GreeksLine(msgspec.Struct, gc=False):
     data: _GreeksData
 
 
-if _GreeksData.__struct_fields__ != GREEKS_COPY_COLUMNS[1:-1]:  # pragma: no cover
+if _GreeksData.__struct_fields__[:-1] != GREEKS_COPY_COLUMNS[1:-1]:  # pragma: no cover
     raise ImportError("the drain's Greeks struct no longer matches the COPY columns")
 
 _decode: Final = msgspec.json.Decoder(_GreeksLine).decode
@@ -83,33 +86,44 @@ _DecodeFailed: Final = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 class CopyDecoder:
-    """Decodes the lines of one batch into Greeks and event COPY tuples, ``seq`` in order.
+    """Decodes the lines of one batch into Greeks rows routed by table, and event tuples.
 
+    ``tables`` gets each Greeks row in its table's COPY column order, without ``seq``
+    (what the direct COPY sends, untouched); ``events`` the seq-first event tuples.
     Not thread-safe; one per batch, fed slice by slice with :meth:`decode`.
     """
 
     __slots__ = ("checksummed", "events", "greeks", "positions")
+    __slots__ = ("checksummed", "events", "positions", "tables")
 
     def __init__(self, checksummed: bool) -> None:
         self.checksummed = checksummed
-        self.greeks: list[GreeksTuple] = []
+        self.tables = RoutedGreeks()
         self.events: list[EventTuple] = []
         self.positions: list[PositionTuple] = []
+
+    @property
+    def greeks(self) -> list[GreeksTuple]:
+        """The Greeks rows as seq-first tuples in seq order, as ``split_raw`` makes them."""
+        return list(self.tables)
 
     def decode(self, lines: Sequence[bytes], lo: int, hi: int) -> list[tuple[int, Exception]]:
         """Decode ``lines[lo:hi]`` (``seq`` = index); returns (index, why) of the bad ones."""
         bad: list[tuple[int, Exception]] = []
-        append = self.greeks.append
+        t = self.tables
+        portfolio, portfolio_seq = t.portfolio.append, t.portfolio_seq.append
+        underlying, underlying_seq = t.underlying.append, t.underlying_seq.append
         parse_ts = datetime.fromisoformat
         legacy = not self.checksummed  # version-1 lines may come without a checksum
         crc32 = zlib.crc32
         for i in range(lo, hi):
             line = lines[i]
             # The line must end in the checksum of the rest (one comparison against the
-            # tail format_line would have written), or be a version-1 line without one.
+            # tail format_line would have written; the CRC of the body, closing brace
+            # last, without copying the body), or be a version-1 line without one.
             # It must start with "{": the reference refuses the whitespace msgspec skips.
             if (
-                line.endswith(_TAIL % crc32(line[:-_CRC_TAIL] + b"}"))
+                line.endswith(_TAIL % crc32(b"}", crc32(line[:-_CRC_TAIL])))
                 or (legacy and line[-1:] == b"}" and line[-_CRC_TAIL:_CRC_AT] != _CRC_OPEN)
             ) and line[:1] == b"{":
                 try:
@@ -119,24 +133,28 @@ class CopyDecoder:
                 except (*_DecodeFailed, ValueError):
                     stamp = None
                 if stamp is not None and stamp.tzinfo is not None:
-                    append(
-                        (
-                            i,
-                            stamp,
-                            d.contract,
-                            d.delta,
-                            d.gamma,
-                            d.vega,
-                            d.theta,
-                            d.underlying_price,
-                            d.dollar_delta,
-                            d.account,
-                            d.api_mode,
-                            d.legs,
-                            d.legs_missing,
-                            rec.key,
-                        )
+                    row = (
+                        stamp,
+                        d.contract,
+                        d.delta,
+                        d.gamma,
+                        d.vega,
+                        d.theta,
+                        d.underlying_price,
+                        d.dollar_delta,
+                        d.account,
+                        d.api_mode,
+                        d.legs,
+                        d.legs_missing,
+                        rec.key,
                     )
+                    # Routed as by_table does, by the contract alone.
+                    if d.contract == PORTFOLIO:
+                        portfolio(row)
+                        portfolio_seq(i)
+                    else:
+                        underlying(row)
+                        underlying_seq(i)
                     continue
             # Not canonical: the reference decides, with its own error for a bad line.
             why = self._slow(i, line)
@@ -156,7 +174,8 @@ class CopyDecoder:
             greeks, events = split_raw([obj])
         except Exception as exc:  # any failure to parse a line is that line's fault
             return exc
-        self.greeks.extend((seq, *g[1:]) for g in greeks)
+        for g in greeks:
+            self.tables.add(seq, g[1:])
         self.events.extend((seq, *e[1:]) for e in events)
         return None
 

@@ -22,7 +22,7 @@ from ibkr_bridge.storage.buffer._copy import CopyDecoder
 from ibkr_bridge.storage.buffer._fileio import _iter_lines
 from ibkr_bridge.storage.buffer._format import Batch, RawBatch, T, _Bad
 from ibkr_bridge.storage.buffer._recovery import _Recovering
-from ibkr_bridge.storage.store import EventTuple, GreeksTuple, PositionTuple
+from ibkr_bridge.storage.store import EventTuple, PositionTuple, RoutedGreeks
 
 _READ: Final = 1 << 21  # bytes per pread of a bulk read: a 5,000-line batch in one or two
 
@@ -42,12 +42,13 @@ class LineSpan:
 class CopyBatch:
     """A batch as COPY tuples (``seq`` = the line's index among ``lines``), for the drain.
 
-    ``lines`` holds the batch's lines by ``seq`` (``quarantined`` of them are not in the
-    tuples): a line the database refuses is handed to ``reject`` as its parsed record.
-    Committed like any batch.
+    ``greeks`` comes routed by table (:class:`~ibkr_bridge.storage.store.RoutedGreeks`);
+    iterated, it gives the seq-first tuples in order. ``lines`` holds the batch's lines by
+    ``seq`` (``quarantined`` of them are not in the tuples): a line the database refuses is
+    handed to ``reject`` as its parsed record. Committed like any batch.
     """
 
-    greeks: list[GreeksTuple]
+    greeks: RoutedGreeks
     events: list[EventTuple]
     lines: list[bytes]
     start: int
@@ -123,7 +124,7 @@ class _Reading(_Recovering):
                 if span.file_id is not None and span.file_id == self._file_id:
                     self._quarantine.add(entries)
         return CopyBatch(
-            decoder.greeks,
+            decoder.tables,
             decoder.events,
             span.lines,
             span.start,

@@ -9,10 +9,11 @@ A batch of records (Greeks rows and api_logs events, in order) is written in one
 transaction. First optimistically: COPY straight into the tables. If any key is already
 there (a replay: a buffer line drained twice after a crash, a commit retried because its
 reply was lost, a spilled batch whose slow write committed after all), that COPY fails as a
-whole and a savepoint undoes it; then the batch goes through per-connection temporary
-tables and one ``INSERT ... SELECT ... ORDER BY seq ON CONFLICT (bridge_key) DO NOTHING``
-per table. Either way a replay is a no-op, so the live path and the drain can both be
-at-least-once, and the common case costs no more than a plain COPY.
+whole and its transaction leaves nothing; then the batch goes, in a new transaction,
+through per-connection temporary tables and one ``INSERT ... SELECT ... ORDER BY seq ON
+CONFLICT (bridge_key) DO NOTHING`` per table. Either way a replay is a no-op, so the live
+path and the drain can both be at-least-once, and the common case costs no more than a
+plain COPY.
 
 Every call runs under a deadline: asyncpg's COPY from an in-memory source can wait
 forever when the backend dies mid-COPY, and a black-holed server never answers at all.
@@ -53,6 +54,7 @@ from ibkr_bridge.storage.store._rows import (
     EventTuple,
     GreeksTuple,
     PositionTuple,
+    RoutedGreeks,
     event_tuple,
     greeks_tuple,
     split_raw,
@@ -66,6 +68,7 @@ __all__ = [
     "GreeksTuple",
     "PositionTables",
     "PositionTuple",
+    "RoutedGreeks",
     "Store",
     "event_tuple",
     "greeks_tuple",

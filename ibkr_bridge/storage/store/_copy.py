@@ -1,9 +1,10 @@
 """The COPY paths: one batch in one transaction, optimistic COPY first, replays as no-ops.
 
-Optimistically the batch is COPYed straight into the tables. If any key is already there
-(a replay) that COPY fails as a whole and a savepoint undoes it; then the batch goes
-through per-connection temporary tables and one ``INSERT ... SELECT ... ORDER BY seq ON
-CONFLICT (bridge_key) DO NOTHING`` per table.
+Optimistically the batch is COPYed straight into the tables: a batch for one table in
+one COPY, which is a transaction of its own, several in one transaction. If any key is
+already there (a replay) that COPY fails as a whole and its transaction leaves nothing;
+then the batch goes, in a new transaction, through per-connection temporary tables and
+one ``INSERT ... SELECT ... ORDER BY seq ON CONFLICT (bridge_key) DO NOTHING`` per table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import asyncpg
 
 from ibkr_bridge.core.greeks import PORTFOLIO
 from ibkr_bridge.storage.dberrors import is_replay
-from ibkr_bridge.storage.positions import copy_position_tuples
+from ibkr_bridge.storage.positions import COPY_COLUMNS as POSITION_COPY_COLUMNS
+from ibkr_bridge.storage.positions import POSITION_TABLE, copy_position_tuples
 from ibkr_bridge.storage.schema import EVENTS_TABLE, GREEKS_TABLE, UNDERLYING_TABLE
 from ibkr_bridge.storage.store._rows import (
     EVENTS_COPY_COLUMNS,
@@ -93,36 +95,40 @@ async def copy_batch(
     A tick's per-position rows go in the same transaction as its PORTFOLIO row, so a reader
     never sees the net without its legs, nor the legs without the net.
     """
-    async with conn.transaction():
-        if positions:
-            await copy_position_tuples(conn, [p[1:] for p in sorted(positions, key=lambda p: p[0])])
-        await _copy_nets_and_events(conn, greeks, events)
-
-
-async def _copy_nets_and_events(
-    conn: asyncpg.Connection, greeks: Sequence[GreeksTuple], events: Sequence[EventTuple]
-) -> None:
-    """The Greeks and event rows of :func:`copy_batch`, inside its transaction."""
-    # Optimistic first: COPY straight into the tables, as fast as COPY gets.
-    # A replayed key makes it fail as a whole (a savepoint undoes just that);
-    # then the temp-table path below inserts what is new and skips replays.
+    tables = by_table(greeks)
+    legs = [p[1:] for p in sorted(positions, key=lambda p: p[0])]
+    # Optimistic first: COPY straight into the tables, as fast as COPY gets. A replayed
+    # key makes it fail as a whole and its transaction leaves nothing; then the
+    # temp-table path below inserts what is new and skips replays, in a transaction anew.
     try:
-        async with conn.transaction():
-            await _copy_direct(conn, by_table(greeks), events)
+        if not legs and len(tables) + bool(events) == 1:
+            # One COPY is a transaction of its own: no BEGIN and COMMIT round trips,
+            # which the drain (almost always one table per batch) would wait for.
+            await _copy_direct(conn, tables, events)
+        else:
+            async with conn.transaction():
+                await _copy_direct(conn, tables, events)
+                if legs:
+                    await conn.copy_records_to_table(
+                        POSITION_TABLE, records=legs, columns=POSITION_COPY_COLUMNS
+                    )
         return
     except asyncpg.UniqueViolationError as exc:
         if not is_replay(exc):
             raise  # another unique constraint: the record's own data
-    if greeks:
-        await conn.copy_records_to_table(
-            "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS
-        )
-        await conn.execute(_GREEKS_INSERT)
-    if events:
-        await conn.copy_records_to_table(
-            "_bridge_events_in", records=events, columns=EVENTS_COPY_COLUMNS
-        )
-        await conn.execute(_EVENTS_INSERT)
+    async with conn.transaction():
+        if greeks:
+            await conn.copy_records_to_table(
+                "_bridge_greeks_in", records=greeks, columns=GREEKS_COPY_COLUMNS
+            )
+            await conn.execute(_GREEKS_INSERT)
+        if events:
+            await conn.copy_records_to_table(
+                "_bridge_events_in", records=events, columns=EVENTS_COPY_COLUMNS
+            )
+            await conn.execute(_EVENTS_INSERT)
+        if legs:
+            await copy_position_tuples(conn, legs)
 
 
 async def trial_copy(

@@ -2,16 +2,19 @@
 from raw buffer lines.
 
 The first element of every tuple is ``seq``, the record's position in its batch: the
-temp-table path inserts in that order; the direct COPY drops it.
+temp-table path inserts in that order; the direct COPY drops it. The drain decodes its
+Greeks straight into :class:`RoutedGreeks` instead: per table, in COPY column order
+without ``seq``, so the direct COPY sends its lists as they are.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from operator import attrgetter
-from typing import Any, Final
+from heapq import merge
+from operator import attrgetter, itemgetter
+from typing import Any, Final, overload
 
 from ibkr_bridge.core.greeks import PORTFOLIO
 from ibkr_bridge.core.records import ApiEvent, GreeksRow, PositionRow, Record
@@ -133,8 +136,73 @@ def split_raw(lines: Iterable[Mapping[str, Any]]) -> tuple[list[GreeksTuple], li
     return greeks, events
 
 
+class RoutedGreeks(Sequence[GreeksTuple]):
+    """Greeks rows already routed as :func:`by_table` would, each list without ``seq``.
+
+    ``portfolio``/``underlying`` hold the COPY tuples of each table in line order and
+    ``portfolio_seq``/``underlying_seq`` their seqs; the direct COPY takes the lists as they
+    are (no per-row re-slicing). As a sequence it is the seq-first tuples in seq order,
+    built on demand, for the replay and one-by-one paths, which are rare.
+    """
+
+    __slots__ = ("_merged", "portfolio", "portfolio_seq", "underlying", "underlying_seq")
+
+    def __init__(self) -> None:
+        self.portfolio: list[GreeksTuple] = []
+        self.portfolio_seq: list[int] = []
+        self.underlying: list[GreeksTuple] = []
+        self.underlying_seq: list[int] = []
+        self._merged: list[GreeksTuple] = []
+
+    def add(self, seq: int, row: GreeksTuple) -> None:
+        """One row without its seq; seqs must come in increasing order."""
+        if row[1] == PORTFOLIO:
+            self.portfolio.append(row)
+            self.portfolio_seq.append(seq)
+        else:
+            self.underlying.append(row)
+            self.underlying_seq.append(seq)
+
+    def tables(self) -> dict[str, list[GreeksTuple]]:
+        """What :func:`by_table` returns for these rows: ``{table: rows without seq}``."""
+        tables = {GREEKS_TABLE: self.portfolio, UNDERLYING_TABLE: self.underlying}
+        return {table: rows for table, rows in tables.items() if rows}
+
+    def _seq_first(self) -> list[GreeksTuple]:
+        # Rows are only ever added, so a cache as long as the rows is up to date.
+        if len(self._merged) != len(self):
+            self._merged = list(
+                merge(
+                    *(
+                        [(seq, *row) for seq, row in zip(seqs, rows, strict=True)]
+                        for seqs, rows in (
+                            (self.portfolio_seq, self.portfolio),
+                            (self.underlying_seq, self.underlying),
+                        )
+                    ),
+                    key=itemgetter(0),
+                )
+            )
+        return self._merged
+
+    def __len__(self) -> int:
+        return len(self.portfolio) + len(self.underlying)
+
+    @overload
+    def __getitem__(self, index: int) -> GreeksTuple: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[GreeksTuple]: ...
+    def __getitem__(self, index: int | slice) -> GreeksTuple | Sequence[GreeksTuple]:
+        return self._seq_first()[index]
+
+    def __iter__(self) -> Iterator[GreeksTuple]:
+        return iter(self._seq_first())
+
+
 def by_table(greeks: Sequence[GreeksTuple]) -> dict[str, list[GreeksTuple]]:
     """PORTFOLIO rows to portfolio_greeks, per-underlying rows to underlying_greeks (no seq)."""
+    if isinstance(greeks, RoutedGreeks):
+        return greeks.tables()
     tables: dict[str, list[GreeksTuple]] = {}
     for g in greeks:
         table = GREEKS_TABLE if g[2] == PORTFOLIO else UNDERLYING_TABLE

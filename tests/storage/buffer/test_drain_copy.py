@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ibkr_bridge.core.records import ApiEvent, GreeksRow, Record, record_to_json
-from ibkr_bridge.storage.buffer import JsonlBuffer
+from ibkr_bridge.storage.buffer import JsonlBuffer, format_line
 from ibkr_bridge.storage.buffer._copy import CopyDecoder
 from ibkr_bridge.storage.drain import RejectedFile, drain_buffer
 from ibkr_bridge.storage.store import Store, split_raw
@@ -144,6 +144,21 @@ def test_canonical_lines_take_the_fast_path_with_the_reference_values() -> None:
     plain = record_to_json(row(4)).encode()
     assert fast(plain, checksummed=False) == reference(plain, checksummed=False) is not None
     assert fast(plain) is None  # ... which a version-2 file never has
+
+
+def test_lines_this_version_writes_never_need_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every member format_line writes must be one the typed struct knows: a field added to
+    # the record but not to the struct sends every line down the (4x slower) reference path.
+    def refuse(self: CopyDecoder, seq: int, line: bytes) -> None:
+        raise AssertionError(f"the reference path took {line!r}")
+
+    monkeypatch.setattr(CopyDecoder, "_slow", refuse)
+    records = [row(1), row(2, contract="SPY", theta=None, legs_model=2)]
+    decoder = CopyDecoder(True)
+    assert decoder.decode([format_line(r) for r in records], 0, 2) == []
+    assert [g[-1] for g in decoder.greeks] == ["c000001", "c000002"]
 
 
 _TOKENS = st.sampled_from(

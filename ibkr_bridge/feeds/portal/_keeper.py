@@ -2,7 +2,8 @@
 
 :class:`_SessionKeeper` checks the session at connect (starting a brokerage session with
 ``ssodh/init`` or ``reauthenticate`` when that can work without a human), opens
-``/iserver/accounts`` and ``/portfolio/accounts`` and chooses the account, and tickles about
+``/iserver/accounts`` and ``/portfolio/accounts`` and chooses the account (all of them, under
+account ``""``, when none is configured and the login sees several), and tickles about
 once a minute, reporting ``feed_disconnected`` when the session is no longer authenticated,
 connected, or is competing with another login. It never competes (``compete: false``): that
 would disconnect the trader's own sessions. It never calls ``/logout`` either.
@@ -40,6 +41,7 @@ class _SessionKeeper(_PortalHttp):
     reauth_grace: float
     _wanted_account: str | None
     _account: str | None
+    _accounts: tuple[str, ...]
     _needs_login: bool
     _reauth_at: float | None
     _last_tickle: float
@@ -208,6 +210,7 @@ class _SessionKeeper(_PortalHttp):
         brokerage = await self._iserver_accounts()
         accounts = await self._portfolio_accounts() or brokerage
         wanted = self._wanted_account
+        self._accounts = ()
         if wanted is not None:
             if wanted not in accounts:
                 raise AccountSelectionError(
@@ -220,10 +223,9 @@ class _SessionKeeper(_PortalHttp):
         elif not accounts:
             raise GatewayError("the gateway reports no account")
         else:
-            raise AccountSelectionError(
-                f"the gateway manages several accounts ({', '.join(accounts)}): "
-                "set IB_ACCOUNT to choose one"
-            )
+            # No IB_ACCOUNT and several accounts: report on each, and on all under "".
+            self._account = ""
+            self._accounts = tuple(accounts)
 
     async def _tickle(self) -> None:
         """POST /tickle and act on the session status it reports; raises if no answer."""

@@ -38,7 +38,9 @@ class _PositionsReader(_SessionKeeper):
     _positions: dict[int, PortalPosition] | None
     _positions_at: float
 
-    def _parse_position(self, raw: Any) -> PortalPosition | None:
+    _by_account: dict[str, dict[int, PortalPosition]]
+
+    def _parse_position(self, raw: Any, wanted: str) -> PortalPosition | None:
         if not isinstance(raw, dict):
             raise _BadRow(f"a position that is not an object: {gateway_text(repr(raw), 60)}")
         conid = _as_int(raw.get("conid"))
@@ -49,7 +51,7 @@ class _PositionsReader(_SessionKeeper):
                 "a position without conid, position or assetClass: " + gateway_text(repr(raw), 120)
             )
         account = raw.get("acctId")
-        if isinstance(account, str) and account and account != self._account:
+        if isinstance(account, str) and account and account != wanted:
             return None
         if quantity == 0:
             return None  # closed today, still listed
@@ -89,50 +91,26 @@ class _PositionsReader(_SessionKeeper):
         )
 
     async def _refresh_positions(self) -> bool:
-        """Re-read every page of positions; False (old positions kept) if that failed."""
+        """Re-read every page of positions of the account (of each of several, one after
+        another through the same rate limiter); False (old positions kept) if that failed."""
         account = self._account
         if account is None:
             return False
         if not self._portfolio_ready:
             await self._portfolio_accounts()
         self._positions_at = self._clock.monotonic()
-        rows: list[Any] = []
-        for page in range(MAX_PAGES):
-            path = f"/portfolio/{quote(account, safe='')}/positions/{page}"
-            reply = await self._call("GET", POSITIONS, path)
-            if reply.status == 401:
-                await self._check_session("HTTP 401 on positions", lost=True)
+        by_account: dict[str, dict[int, PortalPosition]] = {}
+        for name in self._accounts or (account,):
+            read = await self._read_positions(name)
+            if read is None:
                 return False
-            if reply.status != 200:
-                if reply.status == 400:
-                    self._portfolio_ready = False  # e.g. "/portfolio/accounts first"
-                self._report(
-                    "gateway_error",
-                    f"positions answered HTTP {reply.status} {_error_text(reply.data)}",
-                    key="positions_error",
-                    detail={"endpoint": POSITIONS, "status": reply.status},
-                )
-                return False
-            if not isinstance(reply.data, list):
-                self._garbage(POSITIONS, reply, "not a list")
-                return False
-            rows.extend(reply.data)
-            if len(reply.data) < PAGE_SIZE:
-                break
+            by_account[name] = read
+        # One entry per conid for the market data: a conid held twice is one subscription.
         parsed: dict[int, PortalPosition] = {}
-        try:
-            for raw in rows:
-                position = self._parse_position(raw)
-                if position is not None:
-                    parsed[position.conid] = position
-        except _BadRow as exc:
-            self._report(
-                "garbage",
-                f"positions skipped: {exc}",
-                key=f"garbage:{POSITIONS}",
-                detail={"endpoint": POSITIONS},
-            )
-            return False
+        for read in by_account.values():
+            for conid, position in read.items():
+                parsed.setdefault(conid, position)
+        self._by_account = by_account
         before = self._positions
         self._positions = parsed
         if before is not None and before != parsed:
@@ -148,6 +126,47 @@ class _PositionsReader(_SessionKeeper):
                 },
             )
         return True
+
+    async def _read_positions(self, account: str) -> dict[int, PortalPosition] | None:
+        """Every page of ``account``'s open positions by conid; None if that failed."""
+        rows: list[Any] = []
+        for page in range(MAX_PAGES):
+            path = f"/portfolio/{quote(account, safe='')}/positions/{page}"
+            reply = await self._call("GET", POSITIONS, path)
+            if reply.status == 401:
+                await self._check_session("HTTP 401 on positions", lost=True)
+                return None
+            if reply.status != 200:
+                if reply.status == 400:
+                    self._portfolio_ready = False  # e.g. "/portfolio/accounts first"
+                self._report(
+                    "gateway_error",
+                    f"positions answered HTTP {reply.status} {_error_text(reply.data)}",
+                    key="positions_error",
+                    detail={"endpoint": POSITIONS, "status": reply.status},
+                )
+                return None
+            if not isinstance(reply.data, list):
+                self._garbage(POSITIONS, reply, "not a list")
+                return None
+            rows.extend(reply.data)
+            if len(reply.data) < PAGE_SIZE:
+                break
+        parsed: dict[int, PortalPosition] = {}
+        try:
+            for raw in rows:
+                position = self._parse_position(raw, account)
+                if position is not None:
+                    parsed[position.conid] = position
+        except _BadRow as exc:
+            self._report(
+                "garbage",
+                f"positions skipped: {exc}",
+                key=f"garbage:{POSITIONS}",
+                detail={"endpoint": POSITIONS},
+            )
+            return None
+        return parsed
 
 
 def _option_terms(raw: Mapping[str, Any]) -> tuple[str | None, float | None, str | None]:

@@ -35,7 +35,7 @@ import attrs
 from ibkr_bridge.config import default_of
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import GatewayError
-from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
+from ibkr_bridge.core.greeks import GreeksRule, Leg, LegGreeks, LegsVerdict
 from ibkr_bridge.core.records import GreeksRow, PositionRow
 from ibkr_bridge.feeds._rows import rows_from_legs
 from ibkr_bridge.feeds.portal._market import _MarketData
@@ -61,7 +61,8 @@ class PortalFeed(_MarketData):
     """The Client Portal Web API feed (mode ``"PORTAL"``).
 
     ``gateway_url`` is ``https://host:port`` (``/v1/api`` is appended unless present).
-    ``account`` chooses among several accounts (else the single one is used). Timing, in
+    ``account`` chooses among several accounts (else the single one is used, or, with
+    several, each of them plus all of them under account ``""``). Timing, in
     seconds of ``clock``: ``tickle_interval`` (keep-alive), ``poll_interval`` (snapshots),
     ``positions_interval`` (re-read positions), ``stale_after`` (default three poll
     periods: older option data is not used), ``request_timeout`` (per request),
@@ -129,6 +130,7 @@ class PortalFeed(_MarketData):
         self._suppressed: dict[str, int] = {}
         # Survive reconnects: the login episode and the account.
         self._account: str | None = None
+        self._accounts: tuple[str, ...] = ()  # several, reported on together (no IB_ACCOUNT)
         self._needs_login = False
         self._reauth_at: float | None = None
         self._last_tickle = -math.inf
@@ -143,6 +145,7 @@ class PortalFeed(_MarketData):
         self._portfolio_ready = False
         self._positions: dict[int, PortalPosition] | None = None
         self._positions_at = -math.inf
+        self._by_account: dict[str, dict[int, PortalPosition]] = {}
         self._market: dict[int, _Market] = {}
         self._leg_since = {}
         self._greeks_at: dict[int, datetime] = {}  # conid -> time of its latest Greek fields
@@ -254,7 +257,17 @@ class PortalFeed(_MarketData):
         account = self._account
         if not self.connected or positions is None or account is None:
             return None
-        legs, judged = self._legs(positions.values(), now)
+        accounts = self._accounts
+        if accounts:
+            # Each account's legs carry it; a conid held twice is judged on one market entry.
+            legs: list[Leg] = []
+            judged: list[LegGreeks] = []
+            for name in accounts:
+                some, ages = self._legs(self._by_account.get(name, {}).values(), now)
+                legs.extend(attrs.evolve(leg, account=name) for leg in some)
+                judged.extend(a for a in ages if all(j.conid != a.conid for j in judged))
+        else:
+            legs, judged = self._legs(positions.values(), now)
         self.legs_verdict, rows, self.position_rows = rows_from_legs(
             legs,
             judged,
@@ -263,6 +276,7 @@ class PortalFeed(_MarketData):
             now=now,
             mode=MODE,
             prices=lambda: self._underlying_prices(positions.values(), now),
+            accounts=accounts,
         )
         return rows
 

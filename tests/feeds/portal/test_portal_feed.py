@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import attrs
 import pytest
 
 from ibkr_bridge import Bridge, ConnectionState
@@ -321,9 +322,15 @@ async def test_position_changes_are_followed(rig: Rig) -> None:
 
 async def test_account_selection(clock: FakeClock) -> None:
     portfolio = single_underlying_portfolio(as_of=START)
+    other = "DU7654321"
+    # The second account holds part of the first's book, halved: shared conids too.
+    held = portfolio.positions()
     two = Portfolio(
-        [DEFAULT_ACCOUNT, "DU7654321"],
-        positions=portfolio.positions(),
+        [DEFAULT_ACCOUNT, other],
+        positions=[
+            *held,
+            *(attrs.evolve(p, account=other, quantity=p.quantity / 2) for p in held[::2]),
+        ],
         spots={SPY_CONID: 600.0},
         as_of=START,
     )
@@ -331,9 +338,23 @@ async def test_account_selection(clock: FakeClock) -> None:
     limiter = RateLimiter(clock)
     async with PortalSimulator(two, clock=clock) as sim:
         rig = Rig(sim, make_feed(sim, clock, limiter=limiter), clock)
-        with pytest.raises(AccountSelectionError, match="DU1234567, DU7654321"):
+        try:
+            # No account configured and several: each of them, then all of them under "".
             await rig.connect()
-        await rig.feed.disconnect()
+            every = await rig.rows()
+            # A conid held in both accounts is one market-data subscription.
+            wanted = rig.feed._wanted_conids()
+        finally:
+            await rig.feed.disconnect()
+        at = rig.last_snapshot_time()
+        nets = [r for r in every if r.contract == "PORTFOLIO"]
+        assert [r.account for r in nets] == [DEFAULT_ACCOUNT, other, ""]
+        for row in nets[:2]:
+            assert_row(row, expected_net(two, row.account, at))
+        for greek in ("delta", "gamma", "vega", "theta"):
+            total = getattr(nets[0], greek) + getattr(nets[1], greek)
+            assert getattr(nets[2], greek) == pytest.approx(total, rel=1e-9, abs=1e-9)
+        assert wanted == sorted({p.conid for p in held} | {SPY_CONID})
         wrong = Rig(sim, make_feed(sim, clock, account="U0000001", limiter=limiter), clock)
         with pytest.raises(AccountSelectionError, match="U0000001"):
             await wrong.connect()

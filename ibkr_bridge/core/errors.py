@@ -20,7 +20,8 @@ The hierarchy (generated from the classes by ``python -m ibkr_bridge.core.error_
     │   └── BufferPathError                     The path is a symlink, a directory, not permitted
     ├── RejectedFileChangedError (OSError)      .rejected was replaced while being rewritten
     ├── GatewayError                            The IBKR gateway misbehaved or refused
-    │   ├── AccountSelectionError (ValueError)  Several accounts; IB_ACCOUNT names none
+    │   ├── AccountSelectionError (ValueError)  IB_ACCOUNT names an account the login does not
+    │   │                                       manage, or the login has none
     │   ├── NeedsLoginError                     Client Portal: only a human login can help
     │   └── HandshakeError                      check: the peer is not a TWS API server
     ├── FrameError (ValueError)                 Simulator: bytes that are not a TWS API frame
@@ -151,7 +152,7 @@ class GatewayError(BridgeError):
 
 
 class AccountSelectionError(GatewayError, ValueError):
-    """Several accounts; ``IB_ACCOUNT`` names none."""
+    """``IB_ACCOUNT`` names an account the login does not manage, or the login has none."""
 
 
 class NeedsLoginError(GatewayError):

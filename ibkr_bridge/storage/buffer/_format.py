@@ -44,8 +44,6 @@ from ibkr_bridge.core.records import (
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 HEADER_VERSION: Final = 2
 # Version 1 files (before per-line checksums) are read; their lines carry no checksum.

@@ -23,8 +23,6 @@ from ibkr_bridge.storage.buffer._jsonl import JsonlBuffer
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 # -- read-only inspection (no lock, no repair) ---------------------------------------------
 

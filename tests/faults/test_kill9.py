@@ -23,7 +23,7 @@ import os
 import random
 import signal
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import pytest
 from ibkr_bridge.sim import TwsSimulator, default_portfolio
 from ibkr_bridge.testing import TcpProxy, TestDatabase
 
-from .harness import ACCOUNT, NY, Outcome, record
+from .harness import ACCOUNT, NY, Outcome, leg_problems, record
 
 CHILD = Path(__file__).with_name("bridge_child.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,39 +72,6 @@ def child_env(sim_port: int, dsn: str, buffer: Path) -> dict[str, str]:
         }
     )
     return env
-
-
-def leg_problems(
-    rows: list[Any], legs: list[Any], acks: dict[str, tuple[str, str]], held: int
-) -> list[str]:
-    """position_greeks: no leg twice, and every acknowledged tick has all its legs, summing
-    to its PORTFOLIO row (a tick whose append a kill tore was never acknowledged, so only
-    acknowledged ticks are known whole)."""
-    problems: list[str] = []
-    keys = [leg["bridge_key"] for leg in legs]
-    slots = Counter((leg["account"], leg["conid"], leg["timestamp"]) for leg in legs)
-    if len(keys) != len(set(keys)) or any(n > 1 for n in slots.values()):
-        problems.append("duplicated position_greeks rows")
-    by_tick: dict[datetime, list[Any]] = defaultdict(list)
-    for leg in legs:
-        by_tick[leg["timestamp"]].append(leg)
-    acked = {key for key, (contract, _) in acks.items() if contract == "PORTFOLIO"}
-    checked = 0
-    for net in rows:
-        if net["bridge_key"] not in acked:
-            continue
-        tick = by_tick.get(net["timestamp"], [])
-        if len(tick) != held:
-            problems.append(f"an acknowledged tick has {len(tick)} of its {held} legs")
-            break
-        total = sum(leg["delta"] for leg in tick)
-        if not math.isclose(total, net["delta"], rel_tol=1e-9, abs_tol=1e-9):
-            problems.append(f"legs sum to delta {total}, the net row says {net['delta']}")
-            break
-        checked += 1
-    if not checked:
-        problems.append("no acknowledged tick to check position_greeks against")
-    return problems
 
 
 class ForkServer:
@@ -274,7 +241,8 @@ async def test_kill_9_at_random_instants(db: TestDatabase, tmp_path: Path) -> No
         ):
             problems.append(f"row {key} stored with another contract or timestamp")
             break
-    problems += leg_problems(rows, legs, server.acks, held)
+    acked = {key for key, (contract, _) in server.acks.items() if contract == "PORTFOLIO"}
+    problems += leg_problems(rows, legs, held, whole=acked)
     if server.nacks:
         problems.append(f"a child stopped acknowledging: {server.nacks[0]}")
     if server.drained != 0 or left:

@@ -39,7 +39,9 @@ from ibkr_bridge.core.greeks._values import (
     clean_greek,
     clean_portal_greek,
     clean_price,
+    mid_or_last,
     multiplier_from,
+    option_right,
     parse_portal_number,
 )
 from ibkr_bridge.core.greeks.staleness import (
@@ -73,9 +75,11 @@ __all__ = [
     "clean_price",
     "flat_row",
     "judge_legs",
+    "mid_or_last",
     "model_greeks",
     "multiplier_from",
     "needs_model",
+    "option_right",
     "parse_portal_number",
     "position_key",
     "position_rows",

@@ -83,6 +83,23 @@ def clean_price(value: object) -> float | None:
     return number
 
 
+def option_right(text: object) -> str | None:
+    """``"C"`` or ``"P"`` from IB's spelling of a right (``C``, ``CALL``, ``P``, ``PUT``)."""
+    right = str(text or "").strip().upper()[:1]
+    return right if right in ("C", "P") else None
+
+
+def mid_or_last(bid: object, ask: object, last: object) -> float | None:
+    """An option's bid/ask midpoint, else its last trade (to imply a volatility from).
+
+    Each price is cleaned as :func:`clean_price` cleans it (sentinels and garbage: None).
+    """
+    b, a = clean_price(bid), clean_price(ask)
+    if b is not None and a is not None and a >= b:
+        return (b + a) / 2
+    return clean_price(last)
+
+
 _PORTAL_NUMBER: Final = re.compile(
     r"""
     [CH]?                       # C = previous close, H = halted: a marker, not part of the value

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ibkr_bridge.core.greeks import GreekFields, parse_portal_number
+from ibkr_bridge.core.greeks import GreekFields, mid_or_last, parse_portal_number
 
 LAST: Final = "31"
 BID: Final = "84"
@@ -62,12 +62,7 @@ def implied_vol(fields: Mapping[str, str]) -> float | None:
 
 def option_mid(fields: Mapping[str, str]) -> float | None:
     """An option's bid/ask midpoint, else its last trade, for implying a volatility."""
-    bid = parse_portal_number(fields.get(BID))
-    ask = parse_portal_number(fields.get(ASK))
-    if bid is not None and ask is not None and 0 < bid <= ask:
-        return (bid + ask) / 2
-    last = parse_portal_number(fields.get(LAST))
-    return last if last is not None and last > 0 else None
+    return mid_or_last(*(parse_portal_number(fields.get(f)) for f in (BID, ASK, LAST)))
 
 
 def traded_price(fields: Mapping[str, str]) -> float | None:

@@ -16,6 +16,7 @@ from ibkr_bridge.core.greeks import (
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
     multiplier_from,
+    option_right,
     parse_portal_number,
 )
 from ibkr_bridge.core.redaction import gateway_text
@@ -171,11 +172,11 @@ class _PositionsReader(_SessionKeeper):
 
 def _option_terms(raw: Mapping[str, Any]) -> tuple[str | None, float | None, str | None]:
     """``putOrCall``, ``strike`` and ``expiry`` of a position row; None where absent or odd."""
-    right = str(raw.get("putOrCall") or "").strip().upper()[:1]
+    right = option_right(raw.get("putOrCall"))
     strike = parse_portal_number(raw.get("strike"))
     expiry = str(raw.get("expiry") or "").strip()
     return (
-        right if right in ("C", "P") else None,
+        right,
         strike if strike is not None and strike > 0 else None,
         expiry if len(expiry) == 8 and expiry.isdigit() else None,
     )

@@ -20,6 +20,8 @@ from ibkr_bridge.core.greeks import (
     Leg,
     LegGreeks,
     clean_price,
+    mid_or_last,
+    option_right,
 )
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
@@ -122,24 +124,15 @@ def _option_fields(
     contract: Contract, greeks: OptionComputation | None, ticker: Ticker | None
 ) -> _OptionFields:
     """The contract's terms, IB's implied volatility and the option's mid price."""
-    right = (contract.right or "").upper()[:1]  # ib_async may say "C", "CALL", "P" or "PUT"
     return {
-        "right": right if right in ("C", "P") else None,
+        "right": option_right(contract.right),
         "strike": clean_price(contract.strike),
         "expiry": contract.lastTradeDateOrContractMonth or None,
         "implied_vol": clean_price(greeks.impliedVol) if greeks is not None else None,
-        "option_price": _option_mid(ticker),
+        "option_price": None
+        if ticker is None
+        else mid_or_last(ticker.bid, ticker.ask, ticker.last),
     }
-
-
-def _option_mid(ticker: Ticker | None) -> float | None:
-    """The option's bid/ask midpoint, else its last trade (to imply a volatility from)."""
-    if ticker is None:
-        return None
-    bid, ask = clean_price(ticker.bid), clean_price(ticker.ask)
-    if bid is not None and ask is not None and ask >= bid:
-        return (bid + ask) / 2
-    return clean_price(ticker.last)
 
 
 def underlying_prices(session: _Session) -> dict[str, float]:

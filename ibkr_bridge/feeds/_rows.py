@@ -9,6 +9,7 @@ from typing import NamedTuple
 import attrs
 
 from ibkr_bridge.core.greeks import (
+    ALL_ACCOUNTS,
     SEC_TYPES,
     GreeksRule,
     Leg,
@@ -58,58 +59,49 @@ def rows_from_legs(
     """
     verdict = judge_legs(judged, rule, broken_farms=broken_farms)
     book = any(leg.sec_type in SEC_TYPES for leg in legs)
+    known: Mapping[str, float] | None = None  # the prices, asked at most once a tick
     if rule.model and book:
         known = prices()
         legs, verdict = _with_model(legs, judged, verdict, rule, now, known, broken_farms)
-        prices = lambda: known  # noqa: E731  (asked once a tick)
     if not verdict.write:
         return TickRows(verdict, None, [])  # waiting, stale, or a leg missing (skip)
-    if len(accounts) > 1:
-        if not book:
-            return TickRows(
-                verdict, [flat_row(name, now, mode) for name in (*sorted(accounts), "")], []
-            )
+    several = len(accounts) > 1
+    if not book:
+        names = (*sorted(accounts), ALL_ACCOUNTS) if several else (account,)
+        return TickRows(verdict, [flat_row(name, now, mode) for name in names], [])
+    if known is None:
+        known = prices()
+    if several:
         rows = aggregate_accounts(
             legs,
             timestamp=now,
             api_mode=mode,
             accounts=accounts,
-            underlying_prices=prices(),
+            underlying_prices=known,
             omit=verdict.omit,
         )
-        return TickRows(verdict, rows, _positions(legs, verdict, rule, now, mode, prices, ""))
-    if not book:
-        return TickRows(verdict, [flat_row(account, now, mode)], [])
-    rows = aggregate(
-        legs,
-        account=account,
-        timestamp=now,
-        api_mode=mode,
-        underlying_prices=prices(),
-        omit=verdict.omit,
+    else:
+        rows = aggregate(
+            legs,
+            account=account,
+            timestamp=now,
+            api_mode=mode,
+            underlying_prices=known,
+            omit=verdict.omit,
+        )
+    positions = (
+        position_rows(
+            legs,
+            timestamp=now,
+            api_mode=mode,
+            underlying_prices=known,
+            omit=verdict.omit,
+            account=ALL_ACCOUNTS if several else account,  # several: legs carry theirs
+        )
+        if rule.position_rows
+        else []
     )
-    return TickRows(verdict, rows, _positions(legs, verdict, rule, now, mode, prices, account))
-
-
-def _positions(
-    legs: Sequence[Leg],
-    verdict: LegsVerdict,
-    rule: GreeksRule,
-    now: datetime,
-    mode: str,
-    prices: Callable[[], Mapping[str, float]],
-    account: str,
-) -> list[PositionRow]:
-    if not rule.position_rows:
-        return []
-    return position_rows(
-        legs,
-        timestamp=now,
-        api_mode=mode,
-        underlying_prices=prices(),
-        omit=verdict.omit,
-        account=account,
-    )
+    return TickRows(verdict, rows, positions)
 
 
 def _with_model(

@@ -12,14 +12,12 @@ from typing import Any
 import attrs
 import pytest
 
-from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.core.clock import FakeClock
-from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
+from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT, SPY_CONID, Portfolio
-from ibkr_bridge.testing import TcpProxy, TestDatabase, expected_net_greeks, wait_until
+from ibkr_bridge.testing import TestDatabase, expected_net_greeks
 from tests.sim.portal.test_portal_sim import START
 
-from .test_portal_e2e import World
+from .test_portal_e2e import World, make_portal_world
 
 OTHER = "DU7654321"
 GREEKS = ("delta", "gamma", "vega", "theta")
@@ -40,33 +38,10 @@ def two_accounts() -> Portfolio:
 
 @pytest.fixture
 async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
-    clock = FakeClock(start=START)
-    async with (
-        TcpProxy(*db.server_address()) as pg,
-        PortalSimulator(two_accounts(), clock=clock) as sim,
-    ):
-        assert sim.ca_path is not None
-        settings = load_settings(
-            {
-                "IB_API_MODE": "PORTAL",
-                "IBKR_GATEWAY_URL": sim.base_url,
-                "IBKR_GATEWAY_CA": str(sim.ca_path),
-                "DATABASE_URL": db.proxied_dsn(pg),
-                "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
-                "BRIDGE_POSITION_ROWS": "true",
-            },
-            use_dotenv=False,
-        )
-        async with Bridge(settings, clock=clock) as bridge:
-            w = World(clock, sim, db, pg, bridge)
-            # Two positions reads spend the connect's request burst: the pre-flight waits for
-            # the rate limiter on the (fake) clock, so the clock is moved until LIVE.
-            for _ in range(40):
-                if w.state is ConnectionState.LIVE:
-                    break
-                await w.run(0.5)
-            await wait_until(lambda: w.state is ConnectionState.LIVE)
-            yield w
+    book = two_accounts()
+    env = {"BRIDGE_POSITION_ROWS": "true"}
+    async for w in make_portal_world(db, tmp_path, book, drive_until_live=True, **env):
+        yield w
 
 
 def matches(portfolio: Portfolio, account: str, row: Any) -> bool:

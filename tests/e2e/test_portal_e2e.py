@@ -22,7 +22,7 @@ from ibkr_bridge import Bridge, ConnectionState, load_settings
 from ibkr_bridge.core.clock import FakeClock
 from ibkr_bridge.feeds.portal.feed import PortalFeed
 from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
-from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
+from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT, Portfolio
 from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
 from tests.feeds.portal.test_portal_feed import expected_net
 from tests.sim.portal.test_portal_sim import START, run_for
@@ -61,10 +61,21 @@ class World:
         return await self.db.fetch(f"SELECT * FROM api_logs WHERE {where} ORDER BY id")
 
 
-@pytest.fixture
-async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
+async def make_portal_world(
+    db: TestDatabase,
+    tmp_path: Path,
+    portfolio: Portfolio,
+    /,
+    *,
+    drive_until_live: bool = False,
+    **env: str,
+) -> AsyncIterator[World]:
+    """The real Bridge in PORTAL mode against the simulator and the database, LIVE.
+
+    ``drive_until_live`` moves the fake clock until LIVE, for a connect that waits on the
+    rate limiter (several accounts' positions spend the connect's request burst).
+    """
     clock = FakeClock(start=START)
-    portfolio = single_underlying_portfolio(as_of=START)
     async with TcpProxy(*db.server_address()) as pg, PortalSimulator(portfolio, clock=clock) as sim:
         assert sim.ca_path is not None
         settings = load_settings(
@@ -79,13 +90,24 @@ async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
                 "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
                 "BRIDGE_DB_CONNECT_TIMEOUT": "1",
                 "BRIDGE_DB_COMMAND_TIMEOUT": "2",
+                **env,
             },
             use_dotenv=False,
         )
         async with Bridge(settings, clock=clock) as bridge:
             w = World(clock, sim, db, pg, bridge)
+            for _ in range(40 if drive_until_live else 0):
+                if w.state is ConnectionState.LIVE:
+                    break
+                await w.run(0.5)
             await wait_until(lambda: w.state is ConnectionState.LIVE)
             yield w
+
+
+@pytest.fixture
+async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
+    async for w in make_portal_world(db, tmp_path, single_underlying_portfolio(as_of=START)):
+        yield w
 
 
 def assert_right(world: World, rows: list[Any]) -> None:

@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge import Bridge, ConnectionState, load_settings
-from ibkr_bridge.core.clock import FakeClock
-from ibkr_bridge.sim import PortalSimulator, single_underlying_portfolio
+from ibkr_bridge.sim import single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import DEFAULT_ACCOUNT
-from ibkr_bridge.testing import TcpProxy, TestDatabase, wait_until
+from ibkr_bridge.testing import TestDatabase, wait_until
 from tests.sim.portal.test_portal_sim import START as PORTAL_START
 
 from .test_portal_e2e import World as PortalWorld
+from .test_portal_e2e import make_portal_world
 from .test_socket_e2e import NY, World, make_world
 
 START = datetime(2026, 3, 10, 14, 0, tzinfo=NY)
@@ -89,25 +88,9 @@ async def test_an_outage_loses_and_doubles_no_leg(legs_world: World) -> None:
 
 @pytest.fixture
 async def portal_world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[PortalWorld]:
-    clock = FakeClock(start=PORTAL_START)
-    portfolio = single_underlying_portfolio(as_of=PORTAL_START)
-    async with TcpProxy(*db.server_address()) as pg, PortalSimulator(portfolio, clock=clock) as sim:
-        assert sim.ca_path is not None
-        settings = load_settings(
-            {
-                "IB_API_MODE": "PORTAL",
-                "IBKR_GATEWAY_URL": sim.base_url,
-                "IBKR_GATEWAY_CA": str(sim.ca_path),
-                "DATABASE_URL": db.proxied_dsn(pg),
-                "BRIDGE_BUFFER_PATH": str(tmp_path / "buffer.jsonl"),
-                "BRIDGE_POSITION_ROWS": "true",
-            },
-            use_dotenv=False,
-        )
-        async with Bridge(settings, clock=clock) as bridge:
-            w = PortalWorld(clock, sim, db, pg, bridge)
-            await wait_until(lambda: w.state is ConnectionState.LIVE)
-            yield w
+    book = single_underlying_portfolio(as_of=PORTAL_START)
+    async for w in make_portal_world(db, tmp_path, book, BRIDGE_POSITION_ROWS="true"):
+        yield w
 
 
 async def test_portal_legs_carry_their_terms_and_sum_to_the_portfolio_row(

@@ -96,7 +96,7 @@ async def copy_batch(
     never sees the net without its legs, nor the legs without the net.
     """
     tables = by_table(greeks)
-    legs = [p[1:] for p in sorted(positions, key=lambda p: p[0])]
+    legs = [p[1:] for p in positions]  # in seq order already, as every tuple list is
     # Optimistic first: COPY straight into the tables, as fast as COPY gets. A replayed
     # key makes it fail as a whole and its transaction leaves nothing; then the
     # temp-table path below inserts what is new and skips replays, in a transaction anew.

@@ -184,9 +184,8 @@ def _changes(
     accounts = sorted(a for a in {*before, *after} if before.get(a) != after.get(a))
     changed = {
         c
-        for a in accounts
         for c in old & new
-        if (before.get(a) or {}).get(c) != (after.get(a) or {}).get(c)
+        if any((before.get(a) or {}).get(c) != (after.get(a) or {}).get(c) for a in accounts)
     }
     return {
         "added": sorted(new - old),

@@ -119,6 +119,9 @@ class PhaseResult:
     rows_submitted: int
     rows_buffered: int
     rss_mb: tuple[float, ...]  # sampled about once a second over the window
+    positions: int = 0  # position_greeks rows of the measured ticks (BRIDGE_POSITION_ROWS)
+    positions_in_table: int = 0
+    positions_submitted: int = 0
 
     def p(self, which: str, q: float) -> float:
         values: tuple[float, ...] = getattr(self, f"{which}_ms")
@@ -207,6 +210,7 @@ async def run_phase(
     *,
     bare: bool = True,
     profiler: cProfile.Profile | None = None,
+    position_rows: bool = False,
 ) -> PhaseResult:
     legs = len(portfolio["positions"])
     path = workdir / f"{name}-portfolio.json"
@@ -227,6 +231,7 @@ async def run_phase(
                     "BRIDGE_BUFFER_PATH": str(workdir / f"{name}-buffer.jsonl"),
                     "BRIDGE_POLL_INTERVAL": str(args.interval),
                     "IB_PROBE_INTERVAL": str(args.probe_interval),
+                    "BRIDGE_POSITION_ROWS": "true" if position_rows else "false",
                 },
                 use_dotenv=False,
             )
@@ -249,6 +254,7 @@ async def run_phase(
                         inserter = recorder.bare = await BareInsert.open(db.dsn)
                     wrap_ticks(bridge, recorder, profiler)
                     missed_before = bridge.status.ticks_missed
+                    positions_before = bridge.status.positions_submitted
                     sim_cpu0 = sim.cpu_seconds()
                     cpu0, wall0 = cpu_seconds(), time.perf_counter()
                     recorder.measuring = True
@@ -261,6 +267,7 @@ async def run_phase(
                     sim_cpu1 = sim.cpu_seconds()
                     rss.append(rss_mb())
                     missed = bridge.status.ticks_missed - missed_before
+                    positions = bridge.status.positions_submitted - positions_before
                     await recorder.settle()
                 status = bridge.status
                 stats = bridge.sink.stats
@@ -275,6 +282,11 @@ async def run_phase(
                         "SELECT (SELECT count(*) FROM portfolio_greeks)"
                         " + (SELECT count(*) FROM underlying_greeks)"
                     )
+                )
+                positions_in_table = (
+                    int(await conn.fetchval("SELECT count(*) FROM position_greeks"))
+                    if position_rows
+                    else 0
                 )
             finally:
                 await conn.close()
@@ -311,6 +323,9 @@ async def run_phase(
         rows_submitted=status.rows_submitted,
         rows_buffered=stats.buffered,
         rss_mb=tuple(rss),
+        positions=positions,
+        positions_in_table=positions_in_table,
+        positions_submitted=status.positions_submitted,
     )
 
 
@@ -322,5 +337,10 @@ def check(r: PhaseResult) -> list[str]:
     if r.rows_in_table != r.rows_submitted:
         problems.append(
             f"{r.name}: {r.rows_in_table} rows in the table, {r.rows_submitted} submitted"
+        )
+    if r.positions_in_table != r.positions_submitted:
+        problems.append(
+            f"{r.name}: {r.positions_in_table} position rows in the table, "
+            f"{r.positions_submitted} submitted"
         )
     return problems

@@ -19,6 +19,7 @@ absent or empty, bid 84 / ask 86 / last 31 still served).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from ibkr_bridge.core.greeks import UNPRICED
 from ibkr_bridge.sim import PortalSimulator, Quote, TwsSimulator, single_underlying_portfolio
 from ibkr_bridge.sim.portfolio import (
     DEFAULT_ACCOUNT,
@@ -191,6 +193,35 @@ async def test_socket_no_greeks_no_implied_vol_priced_from_the_mid(socket_world:
         assert abs(unit.implied_vol / portfolio.volatility(pos.instrument.conid) - 1) > 1e-6
     book = at_book_vol(portfolio, options[0], rows[-1]["timestamp"])
     assert not close(units[options[0].instrument.conid].vega, book.vega)
+
+
+async def test_socket_leg_the_model_cannot_price_is_missing_once(socket_world: World) -> None:
+    # No Greeks, no implied vol, and a crossed quote without a trade: no price to imply a
+    # volatility from. A missing leg (BRIDGE_MISSING_LEGS=skip: no row), logged once.
+    w = socket_world
+    sim: TwsSimulator = w.sim
+    await w.live_with_data()
+    await w.ticks(1)
+    before = len(await w.rows())
+    await sim.sentinel_greeks("minus2")
+    sim.fixed_quote(CALL_NEAR, bid=5.0, ask=4.0, last=0.0)
+    await w.bridge._feed.resubscribe()
+    await w.ticks(4)
+    rows = await w.rows()
+    assert len(rows) == before  # not one row with NULL or invented Greeks
+    (missing,) = await w.events("event = 'legs_missing'")
+    legs = json.loads(missing["detail"])["legs"]
+    assert [(leg["conid"], leg["why"]) for leg in legs] == [(CALL_NEAR, UNPRICED)]
+    assert missing["status"] == "warning"
+    sim.clear_fixed_quote(CALL_NEAR)  # a usable quote again: the model prices the leg
+    await w.bridge._feed.resubscribe()
+    await w.ticks(2)
+    rows = await w.rows()
+    assert len(rows) > before
+    assert (rows[-1]["legs_missing"], rows[-1]["legs_model"]) == (0, 3)
+    assert_clean(rows)
+    assert len(await w.events("event = 'legs_missing'")) == 1  # one event for the episode
+    assert len(await w.events("event = 'legs_recovered'")) == 1
 
 
 # -- PORTAL ---------------------------------------------------------------------------------

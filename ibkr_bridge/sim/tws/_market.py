@@ -65,6 +65,7 @@ class MarketData(GatewayState):
         bid = max(tick, _floor_tick(price - half_spread, tick))
         ask = max(round(bid + tick, 6), _ceil_tick(price + half_spread, tick))
         last = max(tick, _near_tick(price, tick))
+        bid, ask, last = self._fixed_quotes.get(inst.conid, (bid, ask, last))
         quote = Quote(conid=inst.conid, at=now, bid=bid, ask=ask, last=last)
         self._quotes.setdefault(inst.conid, deque(maxlen=QUOTES_KEPT)).append(quote)
         lot = 100 if inst.sec_type == "STK" else 1

@@ -147,6 +147,7 @@ class GatewayState(_tasks.AsyncRunning):
         self._volume: dict[int, float] = {}
         # The latest quotes sent per conid (served_quotes): what a client's mid came from.
         self._quotes: dict[int, deque[Quote]] = {}
+        self._fixed_quotes: dict[int, tuple[float, float, float]] = {}  # fixed_quote()
         self._running = False
         self._gen = {"refuse": 0, "freeze": 0, "outage": 0, "sentinel": 0, "withhold": 0}
         self._thawed = asyncio.Event()  # cleared while the Gateway is frozen

@@ -72,3 +72,22 @@ async def test_minus2_leaves_no_greeks_and_no_implied_vol_but_a_quote(
         assert getattr(g, name) in (None, -1.0), name
     assert all(math.isfinite(p) and p > 0 for p in (call.bid, call.ask, call.last))
     assert [q.bid for q in sim.served_quotes(CALL)] == [call.bid]
+
+
+async def test_fixed_quote_is_sent_and_recorded_until_cleared(
+    world: tuple[FakeClock, TwsSimulator, IB],
+) -> None:
+    _clock, sim, ib = world
+    sim.fixed_quote(CALL, bid=5.0, ask=4.0, last=0.0)  # crossed, no trade
+    call = option(ib, CALL)
+    await barrier(ib)
+    assert (call.bid, call.ask) == (5.0, 4.0)
+    assert (sim.served_quotes(CALL)[-1].bid, sim.served_quotes(CALL)[-1].ask) == (5.0, 4.0)
+    sim.clear_fixed_quote(CALL)
+    ib.cancelMktData(call.contract)
+    again = option(ib, CALL)
+    await barrier(ib)
+    assert again.bid < again.ask
+    assert sim.served_quotes(CALL)[-1].bid == again.bid
+    with pytest.raises(KeyError):
+        sim.fixed_quote(1, bid=1.0, ask=2.0, last=1.5)

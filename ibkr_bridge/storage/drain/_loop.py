@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # Batches of rows the cyclic collector lets be allocated between two young collections
 # while draining (see _young_collections_deferred).
 _GC_BATCHES: Final = 8
+_GC_MOST: Final = 50_000  # whatever the batch size: garbage in cycles waits no longer
 BATCH_SIZE: Final[int] = default_of("batch_size")  # BRIDGE_BATCH_SIZE
 
 
@@ -86,7 +87,10 @@ def _young_collections_deferred(batch_size: int) -> Iterator[None]:
     changes; a threshold someone else set meanwhile is left as it is.
     """
     first, *rest = gc.get_threshold()
-    ours = max(first, _GC_BATCHES * batch_size)
+    if first == 0:  # automatic collection is off: leave it so
+        yield
+        return
+    ours = max(first, min(_GC_BATCHES * batch_size, _GC_MOST))
     gc.set_threshold(ours, *rest)
     try:
         yield

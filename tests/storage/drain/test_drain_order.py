@@ -4,6 +4,7 @@ never passes a batch the database does not hold, whatever instant a kill -9 pick
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -65,6 +66,8 @@ async def test_the_cursor_is_saved_while_the_next_batch_is_written_and_never_ahe
     saves: list[tuple[float, float]] = []  # when each cursor save ran
     copies: list[tuple[float, float]] = []  # when each COPY ran
     loop_threads: set[int] = set()
+    thresholds: set[int] = set()  # the collector's first threshold during the COPYs
+    before = gc.get_threshold()
     save_threads: set[int] = set()
     with JsonlBuffer(path) as buffer:
         commit, write_tuples = buffer.commit, store.write_tuples
@@ -85,6 +88,7 @@ async def test_the_cursor_is_saved_while_the_next_batch_is_written_and_never_ahe
 
         async def watched_write(greeks: Any, events: Any, positions: Any = ()) -> None:
             loop_threads.add(threading.get_ident())
+            thresholds.add(gc.get_threshold()[0])
             # No saved cursor is past what the database holds.
             assert saved_cursor(buffer) <= (written[-1] if written else 0)
             began = time.perf_counter()
@@ -118,6 +122,9 @@ async def test_the_cursor_is_saved_while_the_next_batch_is_written_and_never_ahe
     overlapped = sum(any(a < d and c < b for c, d in saves) for a, b in copies)
     assert overlapped >= 5, "the COPYs waited for the cursor saves"
     assert not loop_threads & save_threads, "a cursor save ran on the event loop"
+    # Young collections deferred while draining (8 batches of rows), then as they were.
+    assert thresholds == {800}
+    assert gc.get_threshold() == before
     # Reported once a batch's cursor is saved, in order, with the totals so far.
     assert [p.drained for p in progress] == [100 * n for n in range(1, 13)] + [1200]
     assert not path.exists()

@@ -38,7 +38,8 @@ then advance an fsync'd cursor, then delete::
     ...                            # COPY batch.records and COMMIT in PostgreSQL
     buf.commit(batch)              # cursor -> batch.end; at EOF the data file is deleted
 
-A crash anywhere replays at most the uncommitted batch (at-least-once); the records'
+A crash anywhere replays at most the batches not yet committed (at-least-once; the drain
+has two in flight, one being written, one whose cursor is being saved); the records'
 idempotency keys make the replay a no-op in the database. Every batch whose ``end > start``
 must be committed even when it holds no records (all its lines were quarantined).
 

@@ -1,7 +1,7 @@
 """Reading lines from the cursor: the generic scan and the drain's bulk COPY read.
 
 :meth:`_Reading.read_copy_batch` is the drain's path. It takes the lines of a batch in a
-few large ``pread`` calls and one ``split`` (no per-line generator), decodes them with
+few large ``pread`` calls, each split as it is read (no per-line generator), decodes them with
 :class:`~ibkr_bridge.storage.buffer._copy.CopyDecoder` into COPY tuples, and quarantines
 the lines that cannot be used before the batch is returned. The drain runs its three steps
 apart (:meth:`_Reading.take_lines`, the decoder, :meth:`_Reading.settle`) so that it can
@@ -90,19 +90,19 @@ class _Reading(_Recovering):
             start = self._start(after)
             if self._fd is None:
                 return LineSpan([], start, start, None, self._checksummed)
-            chunks: list[bytes] = []
-            pos, newlines = start, 0
-            while pos < self._size and newlines < max_records:
+            # Split as read, at most the lines still wanted: no pass counting newlines,
+            # and what lies beyond the batch stays one piece, not line objects thrown away.
+            lines: list[bytes] = []
+            rest, pos = b"", start
+            while pos < self._size and len(lines) < max_records:
                 chunk = os.pread(self._fd, min(_READ, self._size - pos), pos)
                 if not chunk:
                     break
-                chunks.append(chunk)
                 pos += len(chunk)
-                newlines += chunk.count(b"\n")
+                parts = (rest + chunk if rest else chunk).split(b"\n", max_records - len(lines))
+                rest = parts.pop()  # beyond the last newline taken: the rest of the chunk
+                lines += parts
             file_id, checksummed = self._file_id, self._checksummed
-        lines = b"".join(chunks).split(b"\n")
-        lines.pop()  # after the last newline: b"" (or a line still incomplete, not taken)
-        del lines[max_records:]
         end = start + sum(map(len, lines)) + len(lines)
         return LineSpan(lines, start, end, file_id, checksummed)
 

@@ -1,12 +1,14 @@
 """Draining the buffer into PostgreSQL: one function for the service, the CLI and benchmarks.
 
 :func:`drain_buffer` copies the buffer into the database batch by batch, in order, and
-advances the buffer's fsync'd cursor only after each batch's transaction committed: a
-crash at any instant leads at worst to a replay of one batch, which the idempotency keys
-turn into a no-op. A batch PostgreSQL refuses as data is retried line by line and each
-refused line is handed to ``reject`` (it never blocks the lines behind it). A transient
-failure propagates as :class:`~ibkr_bridge.core.errors.TransientStoreError` with everything
-committed so far kept.
+advances the buffer's fsync'd cursor only after each batch's transaction committed (the
+cursor is saved in a worker thread while the next batch is written): a crash at any
+instant leads at worst to a replay of two batches, the one being written and the one
+whose cursor was being saved, which the idempotency keys turn into no-ops. A batch
+PostgreSQL refuses as data is retried line by line and each refused line is handed to
+``reject`` (it never blocks the lines behind it). A transient failure propagates as
+:class:`~ibkr_bridge.core.errors.TransientStoreError` with everything committed so far
+kept.
 
 Modules: ``_loop`` (:func:`drain_buffer`, overlapped reading and writing) and
 ``_rejected`` (:class:`RejectedFile`, ``<buffer>.rejected``).

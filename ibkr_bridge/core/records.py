@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import types
+import typing
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -147,6 +149,59 @@ _FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
+def _json_check(hint: Any) -> tuple[tuple[type, ...], bool] | None:
+    """The JSON values a field of type ``hint`` takes: (types, finite floats only), or None
+    when the field's own validator judges it (timestamps, statuses)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed: list[type] = [type(None)] if type(None) in args else []
+    kinds = [a for a in args if a is not type(None)]
+    if kinds == [str]:
+        return (*allowed, str), False
+    if kinds == [int]:
+        return (*allowed, int), False
+    if kinds == [float]:
+        return (*allowed, int, float), True
+    if kinds and typing.get_origin(kinds[0]) is Mapping:
+        return (*allowed, dict), False
+    return None
+
+
+# Per record type, what a buffer line's value of each field without a converter must be
+# (a converted Greek takes "12.5", as the live record does). A live record's
+# types are the code's (mypy checks them); a line read from disk is checked here, so a
+# NaN account or a string count is refused as the line's bad data and never reaches a COPY.
+_JSON_TYPES: Final[Mapping[str, tuple[tuple[str, tuple[type, ...], bool], ...]]] = {
+    cls.type: tuple(
+        (name, *check)
+        for name, hint in typing.get_type_hints(cls).items()
+        if name in _FIELDS[cls.type]
+        and attrs.fields_dict(cls)[name].converter is None  # a converter judges its own
+        and (check := _json_check(hint))
+    )
+    for cls in (GreeksRow, ApiEvent, PositionRow)
+}
+
+
+def check_json_types(kind: str, data: Mapping[str, Any]) -> None:
+    """Raise RecordFormatError if a value in a line's ``data`` is not of its field's type
+    (a bool is not a number; a float field is finite). Absent fields are left to defaults."""
+    for name, allowed, finite in _JSON_TYPES.get(kind, ()):
+        if name not in data:
+            continue
+        value = data[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, allowed)
+            or (finite and isinstance(value, float) and not math.isfinite(value))
+        ):
+            what = "a finite number" if finite else _NAMES[allowed[-1]]
+            what += " or None" if type(None) in allowed else ""
+            raise RecordFormatError(f"bad {kind} record: {name} must be {what}, got {value!r}")
+
+
+_NAMES: Final[Mapping[type, str]] = {str: "a string", int: "an integer", dict: "an object"}
+
+
 def record_to_dict(record: Record) -> dict[str, Any]:
     """The JSON-ready form of a record (one buffer line)."""
     names = _FIELDS[record.type]
@@ -182,6 +237,7 @@ def record_from_dict(obj: Mapping[str, Any]) -> Record:
         raise RecordFormatError(f"unknown record schema version {version!r}")
     if not isinstance(key, str) or not key:
         raise RecordFormatError("record key must be a non-empty string")
+    check_json_types(kind, data)
     try:
         data["timestamp"] = datetime.fromisoformat(data["timestamp"])
         if kind == "greeks":

@@ -194,6 +194,37 @@ def test_raw_and_full_reads_refuse_the_same_values(path: Path) -> None:
     assert raw.lines[1] == json.loads(lines[4])
 
 
+async def test_a_value_of_the_wrong_type_is_quarantined_never_copied(
+    db: TestDatabase, path: Path
+) -> None:
+    # A checksummed line (hand-edited, or from a buggy writer) whose text, count or object
+    # field holds another JSON type: the line's own bad data, quarantined by both reads and
+    # by the drain, never a COPY that fails for the whole batch.
+    bad = [
+        forged(1, account="NaN"),
+        forged(2, legs="true"),
+        forged(3, legs='"3"'),
+        forged(4, contract="null"),
+        forged(6, api_mode="[1]"),
+    ]
+    good = [record_to_json(row(n)).encode() for n in (0, 5)]
+    write_file(path, 2, [with_crc(line) for line in [good[0], *bad, good[1]]])
+    with JsonlBuffer(path) as buf:
+        raw = buf.read_raw_batch(100)
+        full = buf.read_batch(100)
+    assert raw.quarantined == full.quarantined == 5
+    assert [r.key for r in full.records] == ["h000000", "h000005"]
+
+    progress = await drain_into(db, path)
+
+    assert await keys_in(db) == ["h000000", "h000005"]
+    assert (progress.quarantined, progress.rejected) == (5, 0)
+    errors = [e["error"] for e in quarantined(path)]
+    assert "account must be a string, got nan" in errors[0], errors
+    assert "legs must be an integer, got True" in errors[1], errors
+    assert "legs must be an integer, got '3'" in errors[2], errors
+
+
 # -- checksums ------------------------------------------------------------------------------
 
 

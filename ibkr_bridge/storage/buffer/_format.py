@@ -219,7 +219,7 @@ def _parse_raw_line(line: bytes, checksummed: bool = True) -> dict[str, Any]:
         # Another version's line (a field added or dropped since): the full path validates
         # it and fills defaults, so the drain sees exactly what read_batch would.
         return record_to_dict(record_from_dict(obj))
-    check_json_types(kind, data)  # as record_from_dict does: a NaN account is the line's fault
+    check_json_types(str(kind), data)  # as record_from_dict does: a NaN account is the line's fault
     converted = False
     try:
         for name, convert, validate, attribute in _CHECKS[kind]:

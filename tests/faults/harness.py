@@ -15,9 +15,9 @@ writes a few more rows, stops the bridge and checks the same invariants for ever
 - nothing duplicated: ``bridge_key`` unique and ``(contract, timestamp)`` unique;
 - nothing wrong written: every stored row equals the row the bridge computed, no row the
   bridge never computed, no NaN / sentinel / zero-from-empty value, and the Greeks equal
-  an independent Black-Scholes recomputation (SOCKET: at the instant the legs were
-  subscribed, the simulator's prices never move; PORTAL: at one of the instants the feed's
-  latest snapshot can have been answered);
+  an independent Black-Scholes (Black-76 for FOP) recomputation (SOCKET: at the instant
+  the legs were subscribed, the simulator's prices never move; PORTAL: at one of the
+  instants the feed's latest snapshot can have been answered);
 - every event logged: every ``api_logs`` event the bridge emitted (seen through
   ``add_event_callback``) is stored, and the breaker and connection transitions appear in
   ``api_logs`` in the order they happened;

@@ -12,7 +12,7 @@
   around a :class:`~ibkr_bridge.Bridge` without a simulator
   (``Bridge(settings, feed=ScriptedFeed())``).
 - :func:`expected_net_greeks`: the net Greeks of a simulator portfolio recomputed by hand
-  with Black-Scholes, independently of the bridge's own aggregation.
+  with Black-Scholes (Black-76 for FOP), independently of the bridge's own aggregation.
 """
 
 from __future__ import annotations

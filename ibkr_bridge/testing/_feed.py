@@ -94,11 +94,12 @@ def expected_net_greeks(
 ) -> dict[str, float]:
     """Net delta/gamma/vega/theta of ``account`` at ``at``, recomputed by hand.
 
-    Sum of position x multiplier x per-share Black-Scholes Greek over option legs, plus
+    Sum of position x multiplier x per-share model Greek (Black-Scholes, Black-76 for FOP)
+    over option legs, plus
     shares (stock) and quantity x multiplier (futures) for delta; only legs of the
     underlying ``symbol`` when given. Uses nothing of the bridge's aggregation.
     """
-    from ibkr_bridge.sim.portfolio import black_scholes, years_between
+    from ibkr_bridge.sim.portfolio import model_greeks, years_between
 
     net = {"delta": 0.0, "gamma": 0.0, "vega": 0.0, "theta": 0.0}
     for pos in portfolio.positions(account):
@@ -112,7 +113,8 @@ def expected_net_greeks(
         if inst.strike is None or inst.right is None or expires is None:
             raise ValueError(f"option {inst.conid} lacks strike, right or expiry")
         underlying = inst.underlying_conid if inst.underlying_conid is not None else inst.conid
-        g = black_scholes(
+        g = model_greeks(
+            inst.sec_type,
             portfolio.spot(underlying),
             inst.strike,
             years_between(at, expires),

@@ -15,9 +15,9 @@ writes a few more rows, stops the bridge and checks the same invariants for ever
 - nothing duplicated: ``bridge_key`` unique and ``(contract, timestamp)`` unique;
 - nothing wrong written: every stored row equals the row the bridge computed, no row the
   bridge never computed, no NaN / sentinel / zero-from-empty value, and the Greeks equal
-  an independent Black-Scholes recomputation (SOCKET: at the instant the legs were
-  subscribed, the simulator's prices never move; PORTAL: at one of the instants the feed's
-  latest snapshot can have been answered);
+  an independent Black-Scholes (Black-76 for FOP) recomputation (SOCKET: at the instant
+  the legs were subscribed, the simulator's prices never move; PORTAL: at one of the
+  instants the feed's latest snapshot can have been answered);
 - every event logged: every ``api_logs`` event the bridge emitted (seen through
   ``add_event_callback``) is stored, and the breaker and connection transitions appear in
   ``api_logs`` in the order they happened;
@@ -62,8 +62,8 @@ from ibkr_bridge.sim import (
     PortalSimulator,
     Portfolio,
     TwsSimulator,
-    black_scholes,
     default_portfolio,
+    model_greeks,
     single_underlying_portfolio,
 )
 from ibkr_bridge.sim.portfolio import years_between
@@ -165,7 +165,7 @@ def expected_nets(portfolio: Portfolio, at: datetime) -> dict[str, dict[str, flo
     """Net Greeks per contract recomputed by hand at ``at``: PORTFOLIO and each underlying.
 
     Stocks count their quantity in delta, futures quantity x multiplier; an option counts
-    quantity x multiplier x its per-share Black-Scholes Greek.
+    quantity x multiplier x its per-share model Greek (Black-76 for FOP).
     """
     nets: dict[str, dict[str, float]] = {}
     for pos in portfolio.positions(ACCOUNT):
@@ -179,7 +179,8 @@ def expected_nets(portfolio: Portfolio, at: datetime) -> dict[str, dict[str, flo
         assert inst.right is not None
         expires = inst.expires_at()
         assert expires is not None
-        g = black_scholes(
+        g = model_greeks(
+            inst.sec_type,
             portfolio.spot(inst.underlying_conid),
             inst.strike,
             years_between(at, expires),

@@ -5,8 +5,9 @@
 ``/work/shared/reference/client-portal.md``): ``/tickle``, ``/iserver/auth/status``,
 ``/iserver/auth/ssodh/init``, ``/iserver/reauthenticate``, ``/sso/validate``, ``/logout``,
 ``/iserver/accounts``, ``/portfolio/accounts``, ``/portfolio/{acct}/positions/{page}`` and
-``/iserver/marketdata/snapshot``. Positions, prices and Black-Scholes Greeks come from the
-shared :class:`~ibkr_bridge.sim.portfolio.Portfolio`, valued at the simulator clock's time.
+``/iserver/marketdata/snapshot``. Positions, prices and model Greeks (Black-Scholes, Black-76
+for futures options) come from the shared :class:`~ibkr_bridge.sim.portfolio.Portfolio`,
+valued at the simulator clock's time.
 
 The gateway's habits are reproduced: a self-signed certificate; snapshot values as strings
 (``"1,300"``, ``"10.2K"``, a ``C`` prefix on the last price outside regular hours); the

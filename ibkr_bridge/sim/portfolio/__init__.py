@@ -1,9 +1,10 @@
 """The portfolio model shared by the simulators (TWS socket and Client Portal).
 
 A :class:`Portfolio` holds accounts, instruments, positions, underlying prices and
-volatilities. Option prices and Greeks come from plain Black-Scholes (no dividends;
-futures options use the same formula on the futures price) so that a test can
-recompute every number the simulators send with :func:`black_scholes`.
+volatilities. Option prices and Greeks come from plain Black-Scholes (no dividends) for
+equity and index options and from Black-76 on the future's price for futures options, as
+IB prices them, so that a test can recompute every number the simulators send with
+:func:`model_greeks` (or :func:`black_scholes` / :func:`black76`).
 
 Underlyings move by a geometric Brownian random walk driven by ``random.Random(seed)``
 and by the ``dt`` the caller passes to :meth:`Portfolio.step`: given the seed and the
@@ -21,7 +22,12 @@ mapping or a file) and ``_demo`` (the demo books, one with two accounts).
 
 from __future__ import annotations
 
-from ibkr_bridge.sim.portfolio._black_scholes import OptionGreeks, black_scholes
+from ibkr_bridge.sim.portfolio._black_scholes import (
+    OptionGreeks,
+    black76,
+    black_scholes,
+    model_greeks,
+)
 from ibkr_bridge.sim.portfolio._calendar import NEW_YORK, resolve_expiry, years_between
 from ibkr_bridge.sim.portfolio._demo import (
     ES_CONID,
@@ -55,9 +61,11 @@ __all__ = [
     "Position",
     "PositionChange",
     "Quote",
+    "black76",
     "black_scholes",
     "default_portfolio",
     "load_portfolio",
+    "model_greeks",
     "portfolio_from_dict",
     "resolve_expiry",
     "single_underlying_portfolio",

@@ -1,6 +1,7 @@
 """The mutable portfolio a simulator owns: accounts, instruments, positions, prices, listeners.
 
-Options are valued by :mod:`._black_scholes`; underlyings move by the random walk of :mod:`._walk`.
+Options are valued by :mod:`._black_scholes` (Black-76 for FOP); underlyings move by the
+random walk of :mod:`._walk`.
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ class Portfolio:
         return years_between(self._now(now), expires)
 
     def greeks(self, conid: int, now: datetime | None = None) -> OptionGreeks | None:
-        """Per-share Black-Scholes values for an option; None for anything else."""
+        """Per-share model values (Black-Scholes, Black-76 for FOP) for an option; else None."""
         inst = self.instrument(conid)
         if not inst.is_option:
             return None

@@ -31,8 +31,8 @@ from ibkr_bridge.sim.portfolio import (
     Instrument,
     Portfolio,
     Position,
-    black_scholes,
     default_portfolio,
+    model_greeks,
     resolve_expiry,
     single_underlying_portfolio,
     years_between,
@@ -158,7 +158,7 @@ def make_feed(sim: TwsSimulator, **kwargs: Any) -> tuple[SocketFeed, Recorder]:
 
 
 def expected_rows(portfolio: Portfolio, now: datetime) -> dict[str, dict[str, float]]:
-    """Net Greeks recomputed from the simulator's state with black_scholes, per underlying."""
+    """Net Greeks recomputed from the simulator's state with model_greeks, per underlying."""
     state = portfolio.snapshot()
     nets: dict[str, dict[str, float]] = {}
     for pos in state.positions:
@@ -170,7 +170,8 @@ def expected_rows(portfolio: Portfolio, now: datetime) -> dict[str, dict[str, fl
             assert inst.right is not None
             expires = inst.expires_at()
             assert expires is not None
-            g = black_scholes(
+            g = model_greeks(
+                inst.sec_type,
                 state.spots[inst.underlying_conid],
                 inst.strike,
                 years_between(now, expires),

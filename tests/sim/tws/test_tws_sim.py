@@ -24,6 +24,7 @@ from ibkr_bridge.sim.portfolio import (
     Instrument,
     OptionGreeks,
     Portfolio,
+    black76,
     black_scholes,
     default_portfolio,
 )
@@ -101,7 +102,10 @@ def expected_greeks(portfolio: Portfolio, conid: int, now: datetime) -> OptionGr
     )
     t = (expiry - now).total_seconds() / (365 * 86400)
     spot = portfolio.spot(inst.underlying_conid)
-    return black_scholes(spot, inst.strike, t, VOLS[inst.underlying_conid], RATE, inst.right)
+    vol = VOLS[inst.underlying_conid]
+    # Black-76 on the future's price for FOP (as IB), Black-Scholes otherwise.
+    model = black76 if inst.sec_type == "FOP" else black_scholes
+    return model(spot, inst.strike, t, vol, RATE, inst.right)
 
 
 def assert_model_greeks(got: Any, want: OptionGreeks) -> None:
@@ -229,7 +233,7 @@ async def test_portfolio_items_and_account_values(
 
 
 @pytest.mark.parametrize(("conid", "exchange"), [(SPY_PUT, "SMART"), (ES_CALL, "CME")])
-async def test_model_greeks_match_black_scholes(
+async def test_model_greeks_match_black_scholes_or_black76(
     sim: TwsSimulator,
     ib: Any,
     portfolio: Portfolio,

@@ -13,6 +13,11 @@ reach below changes). Everything else in the feed uses ib_async's public API.
 * ``IB.client._numMsgRecv`` (:func:`messages_received`): the probe counts any message arriving
   as a sign of life, because its reqCurrentTime may wait behind ib_async's own request
   throttle (45 a second) while a large book subscribes.
+* ``IB.client._msgQ``, ``IB.client.conn.numMsgSent`` and ``IB.client.conn.sendMsg``
+  (:func:`send_mark`, :func:`until_sent`): a request ib_async holds back in its throttle queue
+  (45 a second) has not reached the Gateway yet, so a contract lookup's deadline starts once
+  the messages queued before it are written; the write is wrapped on this instance only, to
+  wake the lookups waiting for it.
 * ``IB.wrapper.ticker2ReqId["mktData"]`` (:func:`market_data_req_id`): reqMktData returns the
   Ticker, not the reqId; the reqId tells IB's 300 "Can't find EId" for a stream the feed
   cancelled itself apart from a real error.
@@ -27,6 +32,9 @@ reach below changes). Everything else in the feed uses ib_async's public API.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import weakref
 from collections.abc import Callable
 
 from ib_async import IB, Contract, Ticker
@@ -62,6 +70,73 @@ def messages_received(ib: IB) -> int:
     """How many whole messages ``ib`` has read from the Gateway so far."""
     count: int = ib.client._numMsgRecv
     return count
+
+
+def send_mark(ib: IB) -> int:
+    """Call right after a request: ``ib``'s written-message count once that request is written.
+
+    ib_async appends each request to its throttle queue and writes from the queue's front,
+    so the request just made is written when every message queued before it has been.
+    """
+    client = ib.client
+    written: int = client.conn.numMsgSent
+    return written + len(client._msgQ)
+
+
+def sent(ib: IB, mark: int) -> bool:
+    """Whether the request whose :func:`send_mark` was ``mark`` has been written."""
+    written: int = ib.client.conn.numMsgSent
+    return written >= mark
+
+
+class _SendWatch:
+    """Wakes the waiters on ``ib``'s written-message count as ib_async writes each message."""
+
+    def __init__(self, ib: IB) -> None:
+        conn = ib.client.conn
+        self._conn = conn
+        self._write: Callable[[bytes], None] = conn.sendMsg
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # heap by mark
+        self._serial = 0  # ties between equal marks: futures do not compare
+        # On this instance only; ib_async's own write runs first, unchanged.
+        conn.sendMsg = self._sent  # type: ignore[method-assign]  # an instance attribute
+
+    def _sent(self, data: bytes) -> None:
+        self._write(data)
+        written: int = self._conn.numMsgSent
+        while self._waiting and self._waiting[0][0] <= written:
+            waiter = heapq.heappop(self._waiting)[2]
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wait(self, mark: int) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._serial += 1
+        heapq.heappush(self._waiting, (mark, self._serial, waiter))
+        return waiter
+
+
+_watches: weakref.WeakKeyDictionary[IB, _SendWatch] = weakref.WeakKeyDictionary()
+
+
+async def until_sent(ib: IB, mark: int, slack: float) -> bool:
+    """Wait until :func:`sent`; False if that takes longer than ib_async's throttle needs
+    for the messages ahead (on the loop's time, as the throttle's), plus ``slack`` seconds."""
+    if sent(ib, mark):
+        return True
+    client = ib.client
+    ahead = mark - client.conn.numMsgSent
+    rate: int = client.MaxRequests
+    interval: float = client.RequestsInterval
+    drain = (ahead // rate + 1) * interval if rate else 0.0
+    watch = _watches.get(ib)
+    if watch is None:
+        watch = _watches[ib] = _SendWatch(ib)
+    try:
+        await asyncio.wait_for(watch.wait(mark), drain + slack)
+    except TimeoutError:
+        return False
+    return True
 
 
 def market_data_req_id(ib: IB, ticker: Ticker) -> int:

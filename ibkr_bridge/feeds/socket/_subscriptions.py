@@ -15,12 +15,18 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING
 
-from ib_async import IB, Contract, Position
+from ib_async import IB, Contract, ContractDetails, Position
 
 from ibkr_bridge.core.errors import GatewayError
 from ibkr_bridge.core.greeks import SEC_TYPES
 from ibkr_bridge.feeds.protocol import FeedListener
-from ibkr_bridge.feeds.socket._ibasync import forget_positions, forget_req_id, market_data_req_id
+from ibkr_bridge.feeds.socket._ibasync import (
+    forget_positions,
+    forget_req_id,
+    market_data_req_id,
+    send_mark,
+    until_sent,
+)
 from ibkr_bridge.feeds.socket._wire import (
     _DETAILS,
     _DETAILS_IN_FLIGHT,
@@ -29,6 +35,7 @@ from ibkr_bridge.feeds.socket._wire import (
     _Lookup,
     _market_contract,
     _Subscription,
+    _unique,
 )
 
 if TYPE_CHECKING:
@@ -105,26 +112,33 @@ class _Subscriptions:
                 await self._reconcile()
 
     async def _request(self, awaitable: Awaitable[T], what: str) -> T:
+        timeout = self.feed.request_timeout
         try:
-            return await asyncio.wait_for(awaitable, self.feed.request_timeout)
+            return await asyncio.wait_for(awaitable, timeout)
         except TimeoutError:
-            raise GatewayError(
-                f"no answer to {what} within {self.feed.request_timeout:g} s"
-            ) from None
+            raise GatewayError(f"no answer to {what} within {timeout:g} s") from None
+
+    async def _details(self, query: Contract, what: str) -> list[ContractDetails]:
+        """reqContractDetails, timed from its write: not its wait in ib_async's throttle queue."""
+        answer = asyncio.ensure_future(self.ib.reqContractDetailsAsync(query))
+        try:
+            if not await until_sent(self.ib, send_mark(self.ib), self.feed.request_timeout):
+                raise GatewayError(f"{what}: not sent to the gateway, ib_async's queue is stuck")
+        except BaseException:
+            answer.cancel()
+            raise
+        return await self._request(answer, what)
 
     async def _qualified(self, contract: Contract, what: str) -> Contract | None:
         try:
-            found = await self._request(self.ib.qualifyContractsAsync(contract), what)
+            details = await self._details(contract, what)
         except GatewayError as exc:
             self.listener.feed_event("error", str(exc), status="warning")
             return None
-        result = found[0] if found else None
-        if not isinstance(result, Contract) or not result.conId or not result.exchange:
-            self.listener.feed_event(
-                "error",
-                f"{what}: no unique contract, its market data is not requested",
-                status="warning",
-            )
+        result = _unique(contract, details)
+        if result is None or not result.conId or not result.exchange:
+            message = f"{what}: no unique contract, its market data is not requested"
+            self.listener.feed_event("error", message, status="warning")
             return None
         return result
 

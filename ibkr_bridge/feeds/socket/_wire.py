@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol, TypeVar
 
-from ib_async import Contract, Ticker
+from ib_async import Contract, ContractDetails, Ticker
 
 from ibkr_bridge.core.greeks import clean_price, multiplier_from
 
@@ -119,6 +119,15 @@ def _market_contract(contract: Contract, exchange: str) -> Contract:
     # A plain Contract, not Option/Stock: their constructors take other arguments.
     copied = {name: getattr(contract, name) for name in _MARKET_FIELDS}
     return Contract(**copied, exchange=exchange)
+
+
+def _unique(query: Contract, details: Sequence[ContractDetails]) -> Contract | None:
+    """The one contract ``details`` name, picked as ib_async's qualifyContracts does; else None."""
+    found = [d.contract for d in details if d.contract is not None]
+    if len(found) > 1 and query.secType:
+        # IB may answer a futures-option query with the future as well.
+        found = [c for c in found if c.secType == query.secType]
+    return found[0] if len(found) == 1 else None
 
 
 def _ticker_price(ticker: Ticker | None) -> float | None:

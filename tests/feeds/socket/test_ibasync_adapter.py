@@ -150,3 +150,34 @@ async def test_messages_count_on_a_live_connection_and_the_socket_closes_directl
         _ibasync.close_socket(ib)
         assert not ib.isConnected()
         await eventually(lambda: sim.open_connections == 0, "the socket to close")
+
+
+async def test_a_request_held_in_the_throttle_queue_is_seen_written_when_it_leaves() -> None:
+    async with live_ib() as (ib, sim):
+        client = ib.client
+        # More requests than the throttle writes in one interval: the last ones wait.
+        count = 2 * client.MaxRequests
+        for _ in range(count):
+            client.reqCurrentTime()  # type: ignore[no-untyped-call]
+        mark = _ibasync.send_mark(ib)
+        assert client._msgQ, "the throttle queued nothing"
+        assert not _ibasync.sent(ib, mark)
+        assert await _ibasync.until_sent(ib, mark, GUARD)
+        # The write is wrapped on this instance's connection only, never on the class.
+        assert "sendMsg" in vars(client.conn)
+        assert "sendMsg" not in vars(IB().client.conn)
+        assert _ibasync.sent(ib, mark)
+        assert not client._msgQ
+        await eventually(lambda: sim.count_requests(49) >= count, "every request to arrive")
+        # Already written: answered at once, without waiting.
+        assert await _ibasync.until_sent(ib, _ibasync.send_mark(ib), 0.0)
+
+
+async def test_until_sent_gives_up_when_the_queue_stops_draining() -> None:
+    async with live_ib() as (ib, _):
+        client = ib.client
+        for _ in range(client.MaxRequests + 1):
+            client.reqCurrentTime()  # type: ignore[no-untyped-call]
+        mark = _ibasync.send_mark(ib)
+        client.conn.transport = None  # nothing more is written (ib_async's closed socket)
+        assert not await _ibasync.until_sent(ib, mark, 0.0)

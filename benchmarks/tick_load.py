@@ -25,7 +25,7 @@ from cadence import SimProcess, socket_simulator_args
 from tick_floor import BareInsert
 
 from ibkr_bridge.config import load_settings
-from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow, PositionRow
 from ibkr_bridge.service.bridge import Bridge, TickInfo
 from ibkr_bridge.testing import TestDatabase
 
@@ -118,6 +118,8 @@ class PhaseResult:
     rows_in_table: int
     rows_submitted: int
     rows_buffered: int
+    positions_in_table: int  # position_greeks rows (--position-rows), else 0
+    positions_submitted: int
     rss_mb: tuple[float, ...]  # sampled about once a second over the window
 
     def p(self, which: str, q: float) -> float:
@@ -139,12 +141,15 @@ class Recorder:
         self.cpu_ms: list[float] = []  # thread CPU time of each tick that wrote rows
         self.cpu_start: float | None = None
         self._rows: Sequence[GreeksRow] = ()
+        self._positions: Sequence[PositionRow] = ()
         self._pending: set[asyncio.Task[None]] = set()
         # One tick's write at a time: the bare INSERT never overlaps the bridge's commit.
         self._serial = asyncio.Lock()
 
     def on_rows(self, rows: Sequence[GreeksRow]) -> None:
         self._rows = rows  # handed to the writer in this tick, just before on_tick
+        # The tick's position_greeks rows (BRIDGE_POSITION_ROWS), submitted with ``rows``.
+        self._positions = list(getattr(self._bridge._writer._feed, "position_rows", None) or ())
 
     def on_tick(self, info: TickInfo) -> None:
         ended = time.perf_counter()
@@ -157,11 +162,19 @@ class Recorder:
         if info.rows and self.cpu_start is not None:
             self.cpu_ms.append((cpu - self.cpu_start) * 1000.0)
         if info.rows:
-            task = asyncio.create_task(self._durable(ended - info.duration, ended, self._rows))
+            task = asyncio.create_task(
+                self._durable(ended - info.duration, ended, self._rows, self._positions)
+            )
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _durable(self, started: float, handed: float, rows: Sequence[GreeksRow]) -> None:
+    async def _durable(
+        self,
+        started: float,
+        handed: float,
+        rows: Sequence[GreeksRow],
+        positions: Sequence[PositionRow],
+    ) -> None:
         async with self._serial:
             # The tick's submit() already woke the writer; flush() waits for that batch.
             await self._bridge.sink.flush()
@@ -169,7 +182,7 @@ class Recorder:
             self.total_ms.append((done - started) * 1000.0)
             self.durable_ms.append((done - handed) * 1000.0)
             if self.bare is not None:
-                await self.bare.write(rows)
+                await self.bare.write(rows, positions)
 
     async def settle(self) -> None:
         if self._pending:
@@ -209,6 +222,7 @@ async def run_phase(
     profiler: cProfile.Profile | None = None,
 ) -> PhaseResult:
     legs = len(portfolio["positions"])
+    position_rows = bool(getattr(args, "position_rows", False))  # tick.py --position-rows
     path = workdir / f"{name}-portfolio.json"
     path.write_text(json.dumps(portfolio))
     sim = await SimProcess.start(
@@ -227,6 +241,7 @@ async def run_phase(
                     "BRIDGE_BUFFER_PATH": str(workdir / f"{name}-buffer.jsonl"),
                     "BRIDGE_POLL_INTERVAL": str(args.interval),
                     "IB_PROBE_INTERVAL": str(args.probe_interval),
+                    "BRIDGE_POSITION_ROWS": str(position_rows).lower(),
                 },
                 use_dotenv=False,
             )
@@ -246,7 +261,9 @@ async def run_phase(
                             f"(state {bridge.connection_state.value})"
                         ) from None
                     if bare:  # the bridge has created its tables by now
-                        inserter = recorder.bare = await BareInsert.open(db.dsn)
+                        inserter = recorder.bare = await BareInsert.open(
+                            db.dsn, positions=position_rows
+                        )
                     wrap_ticks(bridge, recorder, profiler)
                     missed_before = bridge.status.ticks_missed
                     sim_cpu0 = sim.cpu_seconds()
@@ -275,6 +292,11 @@ async def run_phase(
                         "SELECT (SELECT count(*) FROM portfolio_greeks)"
                         " + (SELECT count(*) FROM underlying_greeks)"
                     )
+                )
+                legs_in_table = (
+                    int(await conn.fetchval("SELECT count(*) FROM position_greeks"))
+                    if position_rows
+                    else 0
                 )
             finally:
                 await conn.close()
@@ -310,6 +332,8 @@ async def run_phase(
         rows_in_table=in_table,
         rows_submitted=status.rows_submitted,
         rows_buffered=stats.buffered,
+        positions_in_table=legs_in_table,
+        positions_submitted=status.positions_submitted,
         rss_mb=tuple(rss),
     )
 
@@ -322,5 +346,10 @@ def check(r: PhaseResult) -> list[str]:
     if r.rows_in_table != r.rows_submitted:
         problems.append(
             f"{r.name}: {r.rows_in_table} rows in the table, {r.rows_submitted} submitted"
+        )
+    if r.positions_in_table != r.positions_submitted:
+        problems.append(
+            f"{r.name}: {r.positions_in_table} position rows in the table, "
+            f"{r.positions_submitted} submitted"
         )
     return problems

@@ -60,6 +60,7 @@ from ibkr_bridge.storage.store._rows import (
     split_raw,
     split_records,
 )
+from ibkr_bridge.storage.store._statement import STATEMENT_MAX_POSITIONS, write_statement
 
 __all__ = [
     "EVENTS_COPY_COLUMNS",
@@ -157,6 +158,29 @@ class Store(_Pooled):
         """Write records in one transaction, in order; replays are no-ops."""
         if records:
             await self.write_tuples(*split_records(records))
+
+    async def write_live(self, records: Sequence[Record]) -> None:
+        """As :meth:`write`, shaped for one tick: the live path's write (breaker CLOSED).
+
+        Same transaction, order, replay and error rules. A tick without position rows
+        spans up to three small tables: one statement, one round trip
+        (:mod:`~ibkr_bridge.storage.store._statement`), instead of BEGIN, a COPY per table
+        and COMMIT. Position rows (hundreds a tick) go the COPY way, measured faster for
+        them than ``INSERT ... SELECT FROM unnest``.
+        """
+        if records:
+            await self.write_live_tuples(*split_records(records))
+
+    async def write_live_tuples(
+        self,
+        greeks: Sequence[GreeksTuple],
+        events: Sequence[EventTuple],
+        positions: Sequence[PositionTuple] = (),
+    ) -> None:
+        if len(positions) > STATEMENT_MAX_POSITIONS:
+            await self._run(lambda conn: copy_batch(conn, greeks, events, positions))
+        elif greeks or events or positions:
+            await self._run(lambda conn: write_statement(conn, greeks, events, positions))
 
     async def write_portfolio_snapshot(self, row: GreeksRow) -> None:
         await self.write([row])

@@ -47,6 +47,7 @@ from ibkr_bridge.storage.store._pool import (
     CONNECT_TIMEOUT,
     _Pooled,
     init_connection,
+    keep_session,
 )
 from ibkr_bridge.storage.store._rows import (
     EVENTS_COPY_COLUMNS,
@@ -104,6 +105,7 @@ class Store(_Pooled):
             timeout=connect_timeout,
             command_timeout=command_timeout,
             init=init_connection,
+            reset=keep_session,
             # Connections idle for long are recycled so a server restart is noticed
             # at the next write rather than by a stale socket.
             max_inactive_connection_lifetime=60.0,
@@ -163,10 +165,10 @@ class Store(_Pooled):
         """As :meth:`write`, shaped for one tick: the live path's write (breaker CLOSED).
 
         Same transaction, order, replay and error rules. A tick without position rows
-        spans up to three small tables: one statement, one round trip
-        (:mod:`~ibkr_bridge.storage.store._statement`), instead of BEGIN, a COPY per table
-        and COMMIT. Position rows (hundreds a tick) go the COPY way, measured faster for
-        them than ``INSERT ... SELECT FROM unnest``.
+        spans up to three small tables (four with a few position rows): one statement, one
+        round trip (:mod:`~ibkr_bridge.storage.store._statement`), instead of BEGIN, a COPY
+        per table and COMMIT. Many position rows (a big book's) go the COPY way, measured
+        faster for them than ``INSERT ... SELECT FROM unnest``.
         """
         if records:
             await self.write_live_tuples(*split_records(records))

@@ -35,7 +35,13 @@ from ibkr_bridge.storage.store import (
     Store,
     split_records,
 )
-from ibkr_bridge.storage.store._statement import PLANS, _plan, statement, write_statement
+from ibkr_bridge.storage.store._statement import (
+    PLANS,
+    STATEMENT_MAX_POSITIONS,
+    _plan,
+    statement,
+    write_statement,
+)
 from ibkr_bridge.testing import TestDatabase
 
 NOW = datetime(2027, 3, 1, 15, 0, 0, 123456, tzinfo=UTC)
@@ -369,3 +375,41 @@ def test_fixture_records_fill_every_column() -> None:
     """The column test above means something only if no value it checks is None or 0."""
     for record in (net(0), under(0, 1), leg(0, 1), event(0)):
         assert all(v not in (None, 0) for v in attrs.asdict(record).values()), record
+
+
+# -- routing and the pool --------------------------------------------------------------------
+
+
+async def test_a_big_book_goes_the_copy_way_with_the_same_promises(
+    store: Store, db: TestDatabase
+) -> None:
+    many = STATEMENT_MAX_POSITIONS + 1
+    records = tick(0, legs=many)
+    with pytest.raises(TransientStoreError, match="no partition"):
+        await store.write_live([*records, leg(0, 999, timestamp=NOW + timedelta(days=30))])
+    assert await counts(db) == dict.fromkeys(TABLES, 0)
+    await store.write_live(records)
+    await store.write_live(records)  # a replay: no-op
+    assert await counts(db) == {
+        GREEKS_TABLE: 1,
+        UNDERLYING_TABLE: 3,
+        EVENTS_TABLE: 1,
+        POSITION_TABLE: many,
+    }
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(
+    store: Store, db: TestDatabase
+) -> None:
+    """The pool's reset does nothing more, but asyncpg still ends an open transaction."""
+
+    async def leave_open(conn: asyncpg.Connection) -> None:
+        await conn.execute("BEGIN")
+        greeks, events, positions = split_records([net(0)])
+        await write_statement(conn, greeks, events, positions)
+
+    await store._run(leave_open)
+    assert await keys(db, GREEKS_TABLE) == []
+    row = net(1)
+    await store.write_live([row])  # the same pooled connection, usable as ever
+    assert await keys(db, GREEKS_TABLE) == [row.key]

@@ -231,6 +231,7 @@ async def test_replays_are_no_ops_and_order_is_kept(
     await write(store, first)
     await write(store, first)  # a commit retried after a lost reply
     await write(store, [*first, *second])  # a spilled batch drained after it committed
+    await write(store, [*second, *second])  # the same key twice in one statement
     assert await counts(db) == {
         GREEKS_TABLE: 2,
         UNDERLYING_TABLE: 6,

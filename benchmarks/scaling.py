@@ -1,9 +1,9 @@
 """How the bridge's cost grows with the book (10 to 5,000 legs: a table, a plot), and RSS over time.
 
-    python benchmarks/scaling.py                      # 10, 100, 1,000, 5,000 legs, 60 s each
+    python benchmarks/scaling.py                      # 10, 100, 1,000 (+1,000p), 5,000 legs
     python benchmarks/scaling.py --seconds 600        # the issue's 10 minutes per size
     python benchmarks/scaling.py --hour               # + RSS over an accelerated hour
-    python benchmarks/scaling.py --sizes 10,50 --seconds 3 --interval 0.5 --plot none  # smoke
+    python benchmarks/scaling.py --sizes 10,50,50p --seconds 3 --interval 0.5 --plot none  # smoke
 
 Each size runs in a fresh child process (this script with ``--child``), so the RSS it reports
 is that size's alone: the real Bridge in SOCKET mode against the simulator in its own
@@ -15,7 +15,12 @@ subprocess, its own schema and buffer, exactly as the load phase of ``tick.py``
 - tick p50/p99: ``TickInfo.duration`` (snapshot + aggregate + hand-off to the writer);
 - RSS at the start and at the end of the window (``/proc/self/statm``);
 - rows/s: rows written over the window's wall time (``PORTFOLIO`` + one per underlying per
-  tick: it follows the poll interval and the underlyings, not the legs).
+  tick: it follows the poll interval and the underlyings, not the legs);
+- position rows/s: for a size written ``1000p`` (per-position rows on,
+  ``BRIDGE_POSITION_ROWS=true``), one ``position_greeks`` row per leg per tick.
+
+Each child fixes glibc's mmap threshold as ``ibkr-bridge run`` does
+(:mod:`ibkr_bridge.ops.malloc`); ``--dynamic-mmap-threshold`` measures without it.
 
 ``--plot PATH`` (default ``docs/scaling.png``; ``none`` to skip) draws CPU share, tick p99 and
 RSS against the number of legs with matplotlib, the ``bench`` extra
@@ -56,13 +61,23 @@ async def child(args: argparse.Namespace) -> int:
     """One size in this process; prints ``result {json}``."""
     from tick_load import book, check, run_phase
 
+    from ibkr_bridge.ops.malloc import pin_mmap_threshold
     from ibkr_bridge.testing import find_postgres, stop_embedded_postgres
+
+    # As `ibkr-bridge run` does (ibkr_bridge.ops.malloc), unless told to measure without.
+    malloc = "dynamic" if args.dynamic_mmap_threshold else pin_mmap_threshold()
 
     server = await find_postgres()
     underlyings = min(10, args.legs)
     with tempfile.TemporaryDirectory() as tmp:
         r = await run_phase(
-            "load", book(args.legs, underlyings), args, server, Path(tmp), bare=False
+            "load",
+            book(args.legs, underlyings),
+            args,
+            server,
+            Path(tmp),
+            bare=False,
+            position_rows=args.position_rows,
         )
     stop_embedded_postgres()
     problems = check(r)
@@ -71,6 +86,8 @@ async def child(args: argparse.Namespace) -> int:
         + json.dumps(
             {
                 "legs": r.legs,
+                "position_rows": args.position_rows,
+                "positions": r.positions,
                 "underlyings": underlyings,
                 "window": r.window,
                 "ticks": r.ticks,
@@ -82,6 +99,7 @@ async def child(args: argparse.Namespace) -> int:
                 "tick_p99": r.p("tick", 99),
                 "tick_cpu_p99": r.p("cpu", 99),
                 "rss": list(r.rss_mb),
+                "malloc": malloc,
                 "problems": problems,
             }
         ),
@@ -91,7 +109,13 @@ async def child(args: argparse.Namespace) -> int:
 
 
 def run_child(
-    legs: int, seconds: float, interval: float, sim: float, args: argparse.Namespace
+    legs: int,
+    seconds: float,
+    interval: float,
+    sim: float,
+    args: argparse.Namespace,
+    *,
+    position_rows: bool = False,
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -103,6 +127,8 @@ def run_child(
         "--sim-tick-interval", str(sim),
         "--probe-interval", str(args.probe_interval),
         "--startup-timeout", str(args.startup_timeout),
+        *(["--dynamic-mmap-threshold"] if args.dynamic_mmap_threshold else []),
+        *(["--position-rows"] if position_rows else []),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
@@ -112,6 +138,20 @@ def run_child(
             return result
     sys.stderr.write(done.stderr[-3000:])
     raise SystemExit(f"the child for {legs} legs exited {done.returncode} without a result")
+
+
+def parse_sizes(text: str) -> list[tuple[int, bool]]:
+    """``10,1000,1000p``: legs per size; a ``p`` suffix turns per-position rows on."""
+    sizes = []
+    for token in (t.strip().lower() for t in text.split(",")):
+        if token:
+            position_rows = token.endswith("p")
+            sizes.append((int(token.removesuffix("p")), position_rows))
+    return sizes
+
+
+def size_label(r: dict[str, Any]) -> str:
+    return f"{r['legs']:,}" + (" + position rows" if r["position_rows"] else "")
 
 
 def rss_growth(samples: list[float]) -> float:
@@ -127,16 +167,16 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| legs | CPU % of a core | tick p50 ms | tick p99 ms | tick CPU p99 ms | RSS start MB "
         "| RSS end MB "
-        "| rows/s | ticks (missed) | simulator CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows/s | ticks (missed) | simulator CPU % | position rows/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         sim = f"{r['sim_cpu_pct']:.1f}" if r["sim_cpu_pct"] is not None else "n/a"
         lines.append(
-            f"| {r['legs']:,} | {r['cpu_pct']:.2f} | {r['tick_p50']:.3f} | {r['tick_p99']:.3f} "
+            f"| {size_label(r)} | {r['cpu_pct']:.2f} | {r['tick_p50']:.3f} | {r['tick_p99']:.3f} "
             f"| {r['tick_cpu_p99']:.3f} "
             f"| {r['rss'][0]:.1f} | {r['rss'][-1]:.1f} | {r['rows'] / r['window']:.2f} "
-            f"| {r['ticks']} ({r['missed']}) | {sim} |"
+            f"| {r['ticks']} ({r['missed']}) | {sim} | {r['positions'] / r['window']:.2f} |"
         )
     return lines
 
@@ -147,21 +187,33 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
 
-    legs = [r["legs"] for r in results]
     series = [
-        ("CPU, % of one core", [r["cpu_pct"] for r in results]),
-        ("tick work p99, ms", [r["tick_p99"] for r in results]),
-        ("RSS at the end, MB", [r["rss"][-1] for r in results]),
+        ("CPU, % of one core", "cpu_pct"),
+        ("tick work p99, ms", "tick_p99"),
+        ("RSS at the end, MB", "rss"),
+    ]
+    curves = [
+        ("net rows only", "o", [r for r in results if not r["position_rows"]]),
+        ("+ per-position rows", "s", [r for r in results if r["position_rows"]]),
     ]
     fig, axes = plt.subplots(1, len(series), figsize=(12, 3.8))
-    for ax, (label, values) in zip(axes, series, strict=True):
-        ax.plot(legs, values, marker="o")
+    for ax, (label, key) in zip(axes, series, strict=True):
+        for name, marker, rs in curves:
+            if not rs:
+                continue
+            legs = [r["legs"] for r in rs]
+            values = [r[key][-1] if key == "rss" else r[key] for r in rs]
+            ax.plot(legs, values, marker=marker, label=name, linestyle="-" if len(rs) > 1 else "")
+            for x, y in zip(legs, values, strict=True):
+                ax.annotate(
+                    f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center"
+                )
         ax.set_xscale("log")
         ax.set_xlabel("option legs")
         ax.set_title(label)
         ax.grid(True, which="both", alpha=0.3)
-        for x, y in zip(legs, values, strict=True):
-            ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center")
+        if all(rs for _, _, rs in curves):
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +224,9 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", default="10,100,1000,5000", help="legs per size (10,100,1000,5000)"
+        "--sizes",
+        default="10,100,1000,1000p,5000",
+        help="legs per size; p: per-position rows on (10,100,1000,1000p,5000)",
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="window per size (60)")
     parser.add_argument("--interval", type=float, default=5.0, help="BRIDGE_POLL_INTERVAL (5)")
@@ -192,10 +246,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hour-seconds", type=float, default=120.0, help="its window (120)")
     parser.add_argument("--hour-legs", type=int, default=1000, help="its book (1000)")
     parser.add_argument(
+        "--dynamic-mmap-threshold",
+        action="store_true",
+        help="diagnostic: leave glibc's dynamic mmap threshold (as before ibkr_bridge.ops.malloc)",
+    )
+    parser.add_argument(
         "--startup-timeout", type=float, default=400.0, help="seconds to the first row"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--legs", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--position-rows", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)  # fmt: skip
 
 
@@ -203,7 +263,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.child:
         return asyncio.run(child(args))
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    sizes = parse_sizes(args.sizes)
     draw = args.plot.lower() != "none"
     if draw:
         try:
@@ -212,13 +272,22 @@ def main(argv: list[str]) -> int:
             print(f"error: {INSTALL_HINT}", file=sys.stderr)
             return 2
     results = []
-    for legs in sizes:
-        r = run_child(legs, args.seconds, args.interval, args.sim_tick_interval, args)
+    for legs, position_rows in sizes:
+        r = run_child(
+            legs,
+            args.seconds,
+            args.interval,
+            args.sim_tick_interval,
+            args,
+            position_rows=position_rows,
+        )
+        positions = f", {r['positions'] / r['window']:.2f} position rows/s" if position_rows else ""
         print(
-            f"size {legs} legs: {r['ticks']} ticks in {r['window']:.1f} s ({r['missed']} missed), "
+            f"size {legs} legs{' with per-position rows' if position_rows else ''}: "
+            f"{r['ticks']} ticks in {r['window']:.1f} s ({r['missed']} missed), "
             f"CPU {r['cpu_pct']:.2f} % of a core, tick p50 {r['tick_p50']:.3f} ms "
             f"p99 {r['tick_p99']:.3f} ms, RSS {r['rss'][0]:.1f} -> {r['rss'][-1]:.1f} MB, "
-            f"{r['rows'] / r['window']:.2f} rows/s",
+            f"{r['rows'] / r['window']:.2f} rows/s{positions}",
             flush=True,
         )
         results.append(r)
@@ -235,7 +304,7 @@ def main(argv: list[str]) -> int:
         plot(results, Path(args.plot), title)
         print(f"plot: {args.plot}")
     problems = [p for r in results for p in r["problems"]]
-    failed = [r["legs"] for r in results if r["returncode"] not in (0, 1)]
+    failed = [size_label(r) for r in results if r["returncode"] not in (0, 1)]
     if args.hour:
         h = run_child(args.hour_legs, args.hour_seconds, 0.1, 0.25, args)
         growth = rss_growth(h["rss"])
@@ -246,7 +315,8 @@ def main(argv: list[str]) -> int:
             f"{h['ticks'] / 720:.2f} h of 5 s ticks), "
             f"RSS {h['rss'][0]:.1f} -> max {max(h['rss']):.1f} -> {h['rss'][-1]:.1f} MB, "
             f"growth {growth:+.2f} MB (last quarter vs second quarter; target <= "
-            f"{RSS_GROWTH_LIMIT_MB:g}: {verdict}); CPU {h['cpu_pct']:.2f} %"
+            f"{RSS_GROWTH_LIMIT_MB:g}: {verdict}); CPU {h['cpu_pct']:.2f} %; "
+            f"glibc mmap threshold {h['malloc']}"
         )
         problems += h["problems"]
     for problem in problems:

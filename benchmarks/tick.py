@@ -227,10 +227,14 @@ async def main(argv: list[str]) -> int:
             if r % 2 == 0:
                 floor = await run_floor(loaded, args, work)
                 print(f"round {r + 1}: {describe_floor(floor)}", flush=True)
-                load = await run_phase("load", loaded, args, server, work)
+                load = await run_phase(
+                    "load", loaded, args, server, work, position_rows=args.position_rows
+                )
                 print(f"round {r + 1}: {describe(load)}", flush=True)
             else:
-                load = await run_phase("load", loaded, args, server, work)
+                load = await run_phase(
+                    "load", loaded, args, server, work, position_rows=args.position_rows
+                )
                 print(f"round {r + 1}: {describe(load)}", flush=True)
                 floor = await run_floor(loaded, args, work)
                 print(f"round {r + 1}: {describe_floor(floor)}", flush=True)
@@ -248,7 +252,14 @@ async def main(argv: list[str]) -> int:
             profiler = cProfile.Profile()
             profiled = argparse.Namespace(**{**vars(args), "seconds": args.profile})
             result = await run_phase(
-                "profiled", loaded, profiled, server, work, bare=False, profiler=profiler
+                "profiled",
+                loaded,
+                profiled,
+                server,
+                work,
+                bare=False,
+                profiler=profiler,
+                position_rows=args.position_rows,
             )
             print_profile(profiler, result.ticks)
     stop_embedded_postgres()

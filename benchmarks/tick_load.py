@@ -118,9 +118,10 @@ class PhaseResult:
     rows_in_table: int
     rows_submitted: int
     rows_buffered: int
-    positions_in_table: int  # position_greeks rows (--position-rows), else 0
-    positions_submitted: int
     rss_mb: tuple[float, ...]  # sampled about once a second over the window
+    positions: int = 0  # position_greeks rows of the measured ticks (BRIDGE_POSITION_ROWS)
+    positions_in_table: int = 0
+    positions_submitted: int = 0
 
     def p(self, which: str, q: float) -> float:
         values: tuple[float, ...] = getattr(self, f"{which}_ms")
@@ -220,9 +221,9 @@ async def run_phase(
     *,
     bare: bool = True,
     profiler: cProfile.Profile | None = None,
+    position_rows: bool = False,
 ) -> PhaseResult:
     legs = len(portfolio["positions"])
-    position_rows = bool(getattr(args, "position_rows", False))  # tick.py --position-rows
     path = workdir / f"{name}-portfolio.json"
     path.write_text(json.dumps(portfolio))
     sim = await SimProcess.start(
@@ -241,7 +242,7 @@ async def run_phase(
                     "BRIDGE_BUFFER_PATH": str(workdir / f"{name}-buffer.jsonl"),
                     "BRIDGE_POLL_INTERVAL": str(args.interval),
                     "IB_PROBE_INTERVAL": str(args.probe_interval),
-                    "BRIDGE_POSITION_ROWS": str(position_rows).lower(),
+                    "BRIDGE_POSITION_ROWS": "true" if position_rows else "false",
                 },
                 use_dotenv=False,
             )
@@ -266,6 +267,7 @@ async def run_phase(
                         )
                     wrap_ticks(bridge, recorder, profiler)
                     missed_before = bridge.status.ticks_missed
+                    positions_before = bridge.status.positions_submitted
                     sim_cpu0 = sim.cpu_seconds()
                     cpu0, wall0 = cpu_seconds(), time.perf_counter()
                     recorder.measuring = True
@@ -278,6 +280,7 @@ async def run_phase(
                     sim_cpu1 = sim.cpu_seconds()
                     rss.append(rss_mb())
                     missed = bridge.status.ticks_missed - missed_before
+                    positions = bridge.status.positions_submitted - positions_before
                     await recorder.settle()
                 status = bridge.status
                 stats = bridge.sink.stats
@@ -293,7 +296,7 @@ async def run_phase(
                         " + (SELECT count(*) FROM underlying_greeks)"
                     )
                 )
-                legs_in_table = (
+                positions_in_table = (
                     int(await conn.fetchval("SELECT count(*) FROM position_greeks"))
                     if position_rows
                     else 0
@@ -332,9 +335,10 @@ async def run_phase(
         rows_in_table=in_table,
         rows_submitted=status.rows_submitted,
         rows_buffered=stats.buffered,
-        positions_in_table=legs_in_table,
-        positions_submitted=status.positions_submitted,
         rss_mb=tuple(rss),
+        positions=positions,
+        positions_in_table=positions_in_table,
+        positions_submitted=status.positions_submitted,
     )
 
 

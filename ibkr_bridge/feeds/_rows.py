@@ -20,6 +20,7 @@ from ibkr_bridge.core.greeks import (
     apply_model,
     flat_row,
     judge_legs,
+    needs_model,
     position_rows,
 )
 from ibkr_bridge.core.records import GreeksRow, PositionRow
@@ -127,12 +128,16 @@ def _with_model(
         omit=verdict.missing_conids,
     )
     filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
-    if not filled:
+    # A current leg IB left "not computed" that the model cannot price either (no implied
+    # vol, no usable mid) is a missing leg for BRIDGE_MISSING_LEGS, not a row of NULLs.
+    unpriced = {leg.conid for leg in modelled if leg.conid not in filled and needs_model(leg)}
+    unpriced -= verdict.missing_conids
+    if not filled and not unpriced:
         return legs, verdict
     out = list(legs)
     for i, leg in zip(at, modelled, strict=True):
         out[i] = leg
     rest = [j for j in judged if j.conid not in filled]
-    again = judge_legs(rest, rule, broken_farms=broken_farms)
+    again = judge_legs(rest, rule, broken_farms=broken_farms, unpriced=unpriced)
     # Every option leg was judged; the model only changed which of them are missing.
     return out, attrs.evolve(again, legs=verdict.legs)

@@ -14,6 +14,7 @@ from ibkr_bridge.core.errors import ConfigError, JsonlBufferError, SchemaError
 from ibkr_bridge.ops._common import PROG, _settings
 from ibkr_bridge.ops.exitcodes import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_SCHEMA, exit_code_for
 from ibkr_bridge.ops.logs import configure_logging
+from ibkr_bridge.ops.malloc import pin_mmap_threshold
 
 log = logging.getLogger("ibkr_bridge")
 
@@ -47,6 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     for key in settings.unknown_keys:
         log.warning("unknown setting %s ignored (a typo?)", key)
+    # Before the first socket read: a heap that months of 256 KiB reads fragment only grows.
+    pin_mmap_threshold()
     try:
         return asyncio.run(serve(settings))
     except (SchemaError, JsonlBufferError, OSError) as exc:

@@ -92,7 +92,7 @@ def test_tick_benchmark_runs() -> None:
     assert re.search(r"^profile: .*_writer\.py:\d+\(tick\)", out, re.M), out
 
 
-SCALING_TINY = ("--sizes", "5,12", "--seconds", "2", "--interval", "0.5")
+SCALING_TINY = ("--sizes", "5,12,12p", "--seconds", "2", "--interval", "0.5")
 
 
 @pytest.mark.slow
@@ -102,18 +102,22 @@ def test_scaling_benchmark_prints_the_table_and_the_hour() -> None:
         "--hour", "--hour-legs", "5", "--hour-seconds", "3",
     )  # fmt: skip
     rows = re.findall(
-        r"^\| (?P<legs>[\d,]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ "
-        r"\| (?P<rows>[\d.]+) \| (?P<ticks>\d+) \(\d+\) \|",
+        r"^\| (?P<legs>[\d,]+(?: \+ position rows)?) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ "
+        r"\| [\d.]+ \| [\d.]+ \| (?P<rows>[\d.]+) \| (?P<ticks>\d+) \(\d+\) \| [\d.na/]+ "
+        r"\| (?P<positions>[\d.]+) \|$",
         out,
         re.M,
     )
-    assert [legs for legs, _, _ in rows] == ["5", "12"], out
-    for _, rows_per_s, ticks in rows:
+    assert [legs for legs, _, _, _ in rows] == ["5", "12", "12 + position rows"], out
+    for legs, rows_per_s, ticks, positions_per_s in rows:
         assert int(ticks) > 0
         assert float(rows_per_s) > 0
+        # Per-position rows only where asked for (the child counts them back from the table).
+        assert (float(positions_per_s) > 0) == legs.endswith("position rows"), out
     assert re.search(
         r"^accelerated hour, 5 legs, poll 0.1 s, .* RSS [\d.]+ -> max [\d.]+ -> [\d.]+ MB, "
-        r"growth [+-][\d.]+ MB \(.*target <= 2: (met|NOT MET)\)",
+        r"growth [+-][\d.]+ MB \(.*target <= 2: (met|NOT MET)\); CPU [\d.]+ %; "
+        r"glibc mmap threshold (pinned|env|unsupported)$",
         out,
         re.M,
     ), out

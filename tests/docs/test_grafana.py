@@ -171,6 +171,24 @@ async def test_legs_by_source_and_bridge_health(planted: TestDatabase) -> None:
     assert [r["event"] for r in events] == ["reconnect", "disconnected", "farm_broken", "connected"]
 
 
+async def test_net_rows_count_the_model_legs_without_position_rows(
+    planted: TestDatabase,
+) -> None:
+    # The same count as position_greeks gives, from portfolio_greeks alone (issue 11).
+    by_source = {
+        r["time"]: r["legs"]
+        for r in await run(planted, "Option legs by Greeks source")
+        if r["metric"] == "model"
+    }
+    title = "Option legs with model or no Greeks (net rows)"
+    rows = await run(planted, title)
+    assert [(r["time"], r["model"], r["missing"]) for r in rows] == [(t, 1, 0) for t in TICKS]
+    assert {r["time"]: r["model"] for r in rows} == by_source
+    # The model leg (the put IB sent -2 for) is U2's; U1 has none.
+    assert [r["model"] for r in await run(planted, title, "U2")] == [1] * len(TICKS)
+    assert [r["model"] for r in await run(planted, title, "U1")] == [0] * len(TICKS)
+
+
 async def test_the_documented_one_minute_rollup_runs(planted: TestDatabase) -> None:
     doc = (GRAFANA.parents[1] / "docs" / "operations.md").read_text()
     block = r'```sql title="position_greeks_1m.sql"\n(CREATE OR REPLACE VIEW .*?)```'

@@ -16,14 +16,18 @@ import pytest
 
 from ibkr_bridge.testing import TestDatabase
 
-from .test_socket_e2e import NY, World, assert_clean, expected_net, make_world
+from .test_socket_e2e import ACCOUNT, NY, World, assert_clean, expected_net, make_world
 
 START = datetime(2026, 3, 10, 14, 0, tzinfo=NY)
 
 
 @pytest.fixture
 async def modelled(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
-    env = {"BRIDGE_GREEKS_FALLBACK": "model", "BRIDGE_RISK_FREE_RATE": "0.04"}
+    env = {
+        "BRIDGE_GREEKS_FALLBACK": "model",
+        "BRIDGE_RISK_FREE_RATE": "0.04",
+        "BRIDGE_POSITION_ROWS": "true",
+    }
     async for w in make_world(db, tmp_path, START, **env):
         assert w.sim.portfolio.rate == 0.04  # the book the rows are checked against
         yield w
@@ -47,3 +51,14 @@ async def test_vega_and_theta_not_computed_are_modelled_not_missing(modelled: Wo
     # Not the skip policy's answer: there vega and theta would be NULL (see test_socket_e2e).
     assert last["vega"] is not None
     assert last["theta"] is not None
+    # Every option leg got model Greeks, and the row counts them; before the fault, none.
+    options = sum(p.instrument.is_option for p in w.sim.portfolio.positions(ACCOUNT))
+    assert options == 3
+    assert (rows[0]["legs_model"], last["legs_model"]) == (0, options)
+    await w.bridge.sink.flush()
+    legs = await w.db.fetch(
+        "SELECT greeks_source, count(*) AS n FROM position_greeks WHERE timestamp = $1"
+        " AND sec_type = 'OPT' GROUP BY 1",
+        last["timestamp"],
+    )
+    assert {r["greeks_source"]: r["n"] for r in legs} == {"model": last["legs_model"]}

@@ -39,8 +39,9 @@ def two_accounts() -> Portfolio:
 @pytest.fixture
 async def world(db: TestDatabase, tmp_path: Path) -> AsyncIterator[World]:
     book = two_accounts()
-    env = {"BRIDGE_POSITION_ROWS": "true"}
-    async for w in make_portal_world(db, tmp_path, book, drive_until_live=True, **env):
+    async for w in make_portal_world(
+        db, tmp_path, book, drive_until_live=True, BRIDGE_POSITION_ROWS="true"
+    ):
         yield w
 
 

@@ -68,16 +68,21 @@ async def make_portal_world(
     /,
     *,
     drive_until_live: bool = False,
+    prepare: Callable[[PortalSimulator], None] | None = None,
     **env: str,
 ) -> AsyncIterator[World]:
     """The real Bridge in PORTAL mode against the simulator and the database, LIVE.
 
     ``drive_until_live`` moves the fake clock until LIVE, for a connect that waits on the
     rate limiter (several accounts' positions spend the connect's request burst).
+    ``prepare`` is called with the simulator before the bridge starts (faults in place
+    from its first request).
     """
     clock = FakeClock(start=START)
     async with TcpProxy(*db.server_address()) as pg, PortalSimulator(portfolio, clock=clock) as sim:
         assert sim.ca_path is not None
+        if prepare is not None:
+            prepare(sim)
         settings = load_settings(
             {
                 "IB_API_MODE": "PORTAL",

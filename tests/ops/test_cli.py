@@ -377,6 +377,32 @@ async def test_schema_apply_upgrades_a_table_missing_columns(world: World) -> No
     assert (await world.run("check")).code == 0
 
 
+async def test_tables_from_before_legs_model_are_upgraded_as_documented(world: World) -> None:
+    await world.create_tables()
+    conn = await world.db.connect()
+    try:  # the previous release's tables: without legs_model
+        for table in ("portfolio_greeks", "underlying_greeks"):
+            await conn.execute(f"ALTER TABLE {table} DROP COLUMN legs_model")
+    finally:
+        await conn.close()
+    checked = await world.run("check")
+    assert checked.code == 3
+    assert "portfolio_greeks: missing column legs_model" in checked.out + checked.err
+
+    plan = await world.run("schema")
+    assert plan.code == 0, plan.err
+    # What docs/operations.md shows, after its first line (which names the database).
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    section = doc.split("### Upgrading from an earlier release", 1)[1]
+    shown = section.split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    assert shown[0] == "$ ibkr-bridge schema"
+    assert plan.out.splitlines()[1:] == shown[2:]
+    applied = await world.run("schema", "--apply")
+    assert applied.code == 0, applied.err
+    assert "upgraded, every row kept: portfolio_greeks, underlying_greeks" in applied.out
+    assert (await world.run("check")).code == 0
+
+
 async def test_check_fails_when_underlying_greeks_may_not_be_written(world: World) -> None:
     await world.create_tables()
     role = f"bridge_cli_{uuid.uuid4().hex[:12]}"

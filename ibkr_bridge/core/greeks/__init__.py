@@ -45,6 +45,7 @@ from ibkr_bridge.core.greeks._values import (
     parse_portal_number,
 )
 from ibkr_bridge.core.greeks.staleness import (
+    UNPRICED,
     GreeksRule,
     LegGreeks,
     LegProblem,
@@ -60,6 +61,7 @@ __all__ = [
     "PORTFOLIO",
     "SEC_TYPES",
     "STOCK_SEC_TYPES",
+    "UNPRICED",
     "GreekFields",
     "GreeksRule",
     "Leg",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Final
 
 from attrs import frozen
 
@@ -83,12 +84,24 @@ class LegsVerdict:
         return frozenset(p.conid for p in self.missing)
 
 
+#: Why a current leg is missing under BRIDGE_GREEKS_FALLBACK=model: see ``unpriced``.
+UNPRICED: Final = (
+    "IB did not compute its Greeks and the model cannot price it (no implied volatility "
+    "from IB and no usable option price: no bid/ask mid or last within the no-arbitrage "
+    "bounds, or no underlying price or exact expiry)"
+)
+
+
 def _s(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
 def judge_legs(
-    legs: Sequence[LegGreeks], rule: GreeksRule, *, broken_farms: Collection[str] = ()
+    legs: Sequence[LegGreeks],
+    rule: GreeksRule,
+    *,
+    broken_farms: Collection[str] = (),
+    unpriced: Collection[int] = (),
 ) -> LegsVerdict:
     """Apply the one staleness rule, the same in both modes (pure; ages are passed in).
 
@@ -98,7 +111,8 @@ def judge_legs(
     seconds after its request; nothing is written while a leg waits (a fresh subscription
     is not a missing leg). Any other leg without current Greeks is *missing*: the row is
     skipped, or with ``rule.partial`` written from the other legs with the missing ones
-    counted in ``legs_missing``.
+    counted in ``legs_missing``. A leg in ``unpriced`` (current, but IB did not compute its
+    Greeks and the model has no figure for it either) is missing in the same way.
     """
     farms = sorted(broken_farms)
     missing: list[LegProblem] = []
@@ -118,6 +132,8 @@ def judge_legs(
         elif leg.age > rule.stale_after:
             stale = True
             why = f"Greeks {_s(leg.age)} old (BRIDGE_STALE_AFTER {_s(rule.stale_after)})"
+        elif leg.conid in unpriced:
+            why = UNPRICED
         else:
             continue
         missing.append(LegProblem(conid=leg.conid, name=leg.name, why=why))

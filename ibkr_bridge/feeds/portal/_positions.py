@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from attrs import evolve
+
 from ibkr_bridge.core.greeks import (
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
@@ -106,25 +108,27 @@ class _PositionsReader(_SessionKeeper):
             if read is None:
                 return False
             by_account[name] = read
-        # One entry per conid for the market data: a conid held twice is one subscription.
+        # One entry per conid for the market data (a conid held twice is one subscription),
+        # its quantity the accounts' sum: the all-accounts book.
         parsed: dict[int, PortalPosition] = {}
         for read in by_account.values():
             for conid, position in read.items():
-                parsed.setdefault(conid, position)
+                held = parsed.get(conid)
+                parsed[conid] = (
+                    position
+                    if held is None
+                    else evolve(held, quantity=held.quantity + position.quantity)
+                )
+        before, before_by_account = self._positions, self._by_account
         self._by_account = by_account
-        before = self._positions
         self._positions = parsed
-        if before is not None and before != parsed:
+        # Compared account by account: a change in one account of a conid another account
+        # also holds is a change, even where the sum stays the same.
+        if before is not None and before_by_account != by_account:
             self._listener.feed_event(
                 "positions_changed",
                 f"positions changed: {len(before)} -> {len(parsed)} open",
-                detail={
-                    "added": sorted(set(parsed) - set(before)),
-                    "removed": sorted(set(before) - set(parsed)),
-                    "changed": sorted(
-                        c for c in set(before) & set(parsed) if before[c] != parsed[c]
-                    ),
-                },
+                detail=_changes(before_by_account, by_account),
             )
         return True
 
@@ -168,6 +172,27 @@ class _PositionsReader(_SessionKeeper):
             )
             return None
         return parsed
+
+
+def _changes(
+    before: Mapping[str, Mapping[int, PortalPosition]],
+    after: Mapping[str, Mapping[int, PortalPosition]],
+) -> dict[str, list[Any]]:
+    """Conids opened, closed or changed in any account, and the accounts that changed."""
+    old = {c for held in before.values() for c in held}
+    new = {c for held in after.values() for c in held}
+    accounts = sorted(a for a in {*before, *after} if before.get(a) != after.get(a))
+    changed = {
+        c
+        for c in old & new
+        if any((before.get(a) or {}).get(c) != (after.get(a) or {}).get(c) for a in accounts)
+    }
+    return {
+        "added": sorted(new - old),
+        "removed": sorted(old - new),
+        "changed": sorted(changed),
+        "accounts": accounts,
+    }
 
 
 def _option_terms(raw: Mapping[str, Any]) -> tuple[str | None, float | None, str | None]:

@@ -191,8 +191,14 @@ class PortalFeed(_MarketData):
 
     @property
     def positions(self) -> Mapping[int, PortalPosition] | None:
-        """The open positions by conid once synced (None before)."""
+        """The open positions by conid once synced (None before); with several accounts, a
+        conid held in several is one entry, its quantity their sum (the all-accounts book)."""
         return None if self._positions is None else dict(self._positions)
+
+    @property
+    def positions_by_account(self) -> Mapping[str, Mapping[int, PortalPosition]]:
+        """Each account's open positions by conid (empty before the first read)."""
+        return {name: dict(held) for name, held in self._by_account.items()}
 
     async def connect(self) -> None:
         await self._shutdown()

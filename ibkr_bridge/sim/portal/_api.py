@@ -31,6 +31,7 @@ OTHER: Final = "other"
 
 PAGE_SIZE: Final = 100
 GREEK_FIELDS: Final = ("7308", "7309", "7310", "7311")
+IMPLIED_VOL_FIELD: Final = "7633"  # "Implied Vol. %"
 GREEK_FIELD_OF: Final = MappingProxyType(
     {"delta": "7308", "gamma": "7309", "theta": "7310", "vega": "7311"}
 )

@@ -20,6 +20,7 @@ class Faults(Session, PortfolioFaults):
         """End every timed fault (not the session state: use :meth:`human_login`)."""
         self._fault_until.clear()
         self._sentinel_conids = None
+        self._sentinel_iv = False
         self._fixed_conids = None
 
     def rate_limit_storm(self, seconds: float | None = None) -> None:
@@ -50,18 +51,24 @@ class Faults(Session, PortfolioFaults):
         *,
         mode: str = "missing",
         conids: Iterable[int] | None = None,
+        implied_vol: bool = False,
     ) -> None:
         """Greek fields (7308-7311) of ``conids`` (default all) are absent (``missing``),
-        ``""`` (``empty``), ``"-2"`` (``minus2``) or ``"N/A"`` (``na``).
+        ``""`` (``empty``), ``"-2"`` (``minus2``) or ``"N/A"`` (``na``); with
+        ``implied_vol`` field 7633 ("Implied Vol. %") too, prices and bid/ask still served.
 
         Client Portal marks "not computed" by an empty or absent field; ``minus2`` is there
         to show that a client reads ``"-2"`` as the number it is (the socket API's sentinel
-        is not one in Client Portal strings)."""
+        is not one in Client Portal strings). Outside market hours the gateway may leave
+        the implied volatility empty as well: a client then has only the option's quote."""
         if mode not in SENTINEL_MODES:
             raise ValueError(f"mode must be one of {SENTINEL_MODES}, got {mode!r}")
-        log.info("fault: sentinel greeks %s (%s s)", mode, seconds)
+        log.info(
+            "fault: sentinel greeks %s (%s s, implied vol too: %s)", mode, seconds, implied_vol
+        )
         self._sentinel_mode = mode
         self._sentinel_conids = frozenset(conids) if conids is not None else None
+        self._sentinel_iv = implied_vol
         self._set_fault("sentinel", seconds)
 
     def fixed_greeks(

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from ibkr_bridge.sim.portal._accounts import AccountEndpoints
-from ibkr_bridge.sim.portal._api import GREEK_FIELDS, SENTINEL_TEXT, error
+from ibkr_bridge.sim.portal._api import GREEK_FIELDS, IMPLIED_VOL_FIELD, SENTINEL_TEXT, error
 from ibkr_bridge.sim.portal._format import format_price, format_size, is_regular_hours
+from ibkr_bridge.sim.portfolio import Quote
+
+QUOTES_KEPT: Final = 100  # per conid, for served_quotes()
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))  # "6,012.25": the number the string says
 
 
 class MarketData(AccountEndpoints):
     """``/iserver/marketdata/snapshot`` priced and valued by the portfolio at the clock's time."""
+
+    def served_quotes(self, conid: int) -> tuple[Quote, ...]:
+        """The latest bid (84), ask (86) and last (31) served for ``conid``, oldest first,
+        as the numbers the strings say (two decimals)."""
+        return tuple(self._quotes.get(conid, ()))
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         if not self._authenticated:
@@ -60,10 +73,12 @@ class MarketData(AccountEndpoints):
         spread = max(0.01, round(price * 0.0005, 2))
         elapsed = max(0.0, self._clock.monotonic() - self._started_at)
         volume = (conid * 7919) % 40_000 + 900 + int(elapsed / 5.0)
+        bid, ask = format_price(max(0.0, price - spread)), format_price(price + spread)
+        last = format_price(price)
         values: dict[str, str] = {
-            "31": ("" if rth else "C") + format_price(price),
-            "84": format_price(max(0.0, price - spread)),
-            "86": format_price(price + spread),
+            "31": ("" if rth else "C") + last,
+            "84": bid,
+            "86": ask,
             "85": format_size((conid % 13 + 1) * 100),
             "88": format_size((conid % 17 + 1) * 100),
             "87": format_size(volume),
@@ -73,13 +88,15 @@ class MarketData(AccountEndpoints):
         }
         if inst.underlying_conid is not None:
             values["6457"] = str(inst.underlying_conid)
+        quote = Quote(conid=conid, at=now, bid=_number(bid), ask=_number(ask), last=_number(last))
+        self._quotes.setdefault(conid, deque(maxlen=QUOTES_KEPT)).append(quote)
         greeks = self.portfolio.greeks(conid, now)
         if greeks is not None:
             values["7308"] = self._fmt_greek(greeks.delta)
             values["7309"] = self._fmt_greek(greeks.gamma)
             values["7310"] = self._fmt_greek(greeks.theta)
             values["7311"] = self._fmt_greek(greeks.vega)
-            values["7633"] = f"{greeks.implied_vol * 100:.1f}"
+            values[IMPLIED_VOL_FIELD] = f"{greeks.implied_vol * 100:.1f}"
             if self._active("fixed") and (
                 self._fixed_conids is None or conid in self._fixed_conids
             ):
@@ -87,7 +104,8 @@ class MarketData(AccountEndpoints):
             if self._active("sentinel") and (
                 self._sentinel_conids is None or conid in self._sentinel_conids
             ):
-                for key in GREEK_FIELDS:
+                blanked = GREEK_FIELDS + ((IMPLIED_VOL_FIELD,) if self._sentinel_iv else ())
+                for key in blanked:
                     if self._sentinel_mode == "missing":
                         del values[key]
                     else:

@@ -41,6 +41,7 @@ _PORTAL_SPEC: Final[Mapping[str, Mapping[str, tuple[tuple[type, ...], bool]]]] =
         "seconds": (_NUM, False),
         "mode": ((str,), False),
         "conids": ((list,), False),
+        "implied_vol": ((bool,), False),
     },
     "fixed_greeks": {
         "seconds": (_NUM, False),
@@ -136,6 +137,7 @@ def apply_portal_fault(sim: Faults, step: FaultStep) -> None:
                 opt_float(p.get("seconds")),
                 mode=str(p.get("mode", "missing")),
                 conids=None if conids is None else [int(c) for c in conids],
+                implied_vol=bool(p.get("implied_vol", False)),
             )
         case "fixed_greeks":
             conids = p.get("conids")

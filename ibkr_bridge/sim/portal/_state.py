@@ -21,7 +21,7 @@ from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.sim._tasks import AsyncRunning, BackgroundTasks
 from ibkr_bridge.sim.faults import FaultStep
 from ibkr_bridge.sim.portal._api import RequestRecord, SimLimits, log
-from ibkr_bridge.sim.portfolio import Portfolio
+from ibkr_bridge.sim.portfolio import Portfolio, Quote
 from ibkr_bridge.sim.tls import CertPair
 
 
@@ -108,6 +108,9 @@ class PortalState(AsyncRunning):
         self._fault_until: dict[str, float] = {}
         self._sentinel_mode = "missing"
         self._sentinel_conids: frozenset[int] | None = None
+        self._sentinel_iv = False  # the sentinel also takes field 7633 (implied vol)
+        # The latest bid/ask/last served per conid (served_quotes): what a client's mid is.
+        self._quotes: dict[int, deque[Quote]] = {}
         self._garbage_seq = 0
         self._cookie_token = secrets.token_hex(16)
         self._fixed_greeks: dict[str, str] = {}

@@ -39,6 +39,7 @@ from ibkr_bridge.sim.portfolio._records import (
     PortfolioSnapshot,
     Position,
     PositionChange,
+    Quote,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "PortfolioSnapshot",
     "Position",
     "PositionChange",
+    "Quote",
     "black_scholes",
     "default_portfolio",
     "load_portfolio",

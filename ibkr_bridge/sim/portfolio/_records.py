@@ -208,3 +208,22 @@ def select_instruments(
             continue
         found.append(inst)
     return found
+
+
+@frozen(kw_only=True)
+class Quote:
+    """A quote a simulator sent for one contract, at the prices it sent (after rounding).
+
+    Kept so that a test can recompute what a client derived from the quote (an option's
+    mid, the volatility implied from it) from what was on the wire, not from the model.
+    """
+
+    conid: int
+    at: datetime
+    bid: float
+    ask: float
+    last: float
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2

@@ -251,6 +251,19 @@ class Faults(Sessions, PortfolioFaults):
     def withheld_greeks(self) -> frozenset[int]:
         return frozenset(self._withheld)
 
+    def fixed_quote(self, conid: int, bid: float, ask: float, last: float) -> None:
+        """Send ``conid``'s bid, ask and last ticks as these numbers until
+        :meth:`clear_fixed_quote`: a crossed, zero or -1 ("no price") quote, or an option
+        quoted below its intrinsic value, as an illiquid option outside market hours shows.
+        Subscribers get it with the next ticks (a new subscription gets it at once)."""
+        self.portfolio.instrument(conid)  # KeyError for an unknown conid, now
+        log.info("fault: fixed quote of %d: %s / %s, last %s", conid, bid, ask, last)
+        self._fixed_quotes[conid] = (float(bid), float(ask), float(last))
+
+    def clear_fixed_quote(self, conid: int) -> None:
+        """End :meth:`fixed_quote`: the model's prices again from the next ticks."""
+        self._fixed_quotes.pop(conid, None)
+
     async def farm_notice(self, code: int, farm: str | None = None) -> None:
         """Send IB's data-farm notice ``code`` (2103..2108, 2157, 2158) to every session.
 

@@ -8,10 +8,11 @@ and position changes go out to sessions subscribed to positions or account updat
 from __future__ import annotations
 
 import math
+from collections import deque
 from datetime import datetime
 from typing import Final
 
-from ibkr_bridge.sim.portfolio import NEW_YORK, Instrument, Position, PositionChange
+from ibkr_bridge.sim.portfolio import NEW_YORK, Instrument, Position, PositionChange, Quote
 from ibkr_bridge.sim.tws import _codec as wire
 from ibkr_bridge.sim.tws import _messages as msg
 from ibkr_bridge.sim.tws._state import Conn, GatewayState
@@ -26,6 +27,7 @@ _ASK_SIZE: Final = (3, 70)
 _LAST_SIZE: Final = (5, 71)
 _VOLUME: Final = (8, 74)
 MODEL_GREEKS: Final = (13, 83)
+QUOTES_KEPT: Final = 100  # per conid, for served_quotes()
 
 
 def min_tick(inst: Instrument) -> float:
@@ -50,6 +52,10 @@ class MarketData(GatewayState):
 
     # -- market data ----------------------------------------------------------------------
 
+    def served_quotes(self, conid: int) -> tuple[Quote, ...]:
+        """The latest quotes (bid, ask, last ticks) sent for ``conid``, oldest first."""
+        return tuple(self._quotes.get(conid, ()))
+
     def _send_ticks(self, conn: Conn, req_id: int, inst: Instrument, first: bool) -> None:
         now = self._clock.now()
         delayed = 1 if conn.md_type in (3, 4) else 0
@@ -59,6 +65,9 @@ class MarketData(GatewayState):
         bid = max(tick, _floor_tick(price - half_spread, tick))
         ask = max(round(bid + tick, 6), _ceil_tick(price + half_spread, tick))
         last = max(tick, _near_tick(price, tick))
+        bid, ask, last = self._fixed_quotes.get(inst.conid, (bid, ask, last))
+        quote = Quote(conid=inst.conid, at=now, bid=bid, ask=ask, last=last)
+        self._quotes.setdefault(inst.conid, deque(maxlen=QUOTES_KEPT)).append(quote)
         lot = 100 if inst.sec_type == "STK" else 1
         bid_size = float(self._rng.randint(1, 50) * lot)
         ask_size = float(self._rng.randint(1, 50) * lot)

@@ -20,7 +20,7 @@ from attrs import frozen
 from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.sim import _tasks
 from ibkr_bridge.sim.faults import FaultStep
-from ibkr_bridge.sim.portfolio import Portfolio
+from ibkr_bridge.sim.portfolio import Portfolio, Quote
 from ibkr_bridge.sim.tws import _codec as wire
 from ibkr_bridge.sim.tws import _messages as msg
 
@@ -145,6 +145,9 @@ class GatewayState(_tasks.AsyncRunning):
         self._unsubscribe: Callable[[], None] | None = None
         self._closes: dict[int, float] = {}
         self._volume: dict[int, float] = {}
+        # The latest quotes sent per conid (served_quotes): what a client's mid came from.
+        self._quotes: dict[int, deque[Quote]] = {}
+        self._fixed_quotes: dict[int, tuple[float, float, float]] = {}  # fixed_quote()
         self._running = False
         self._gen = {"refuse": 0, "freeze": 0, "outage": 0, "sentinel": 0, "withhold": 0}
         self._thawed = asyncio.Event()  # cleared while the Gateway is frozen

@@ -65,7 +65,7 @@ class _GreeksData(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     api_mode: str
     legs: int
     legs_missing: int
-    legs_model: int  # on the line, not a column: checked for shape, then dropped
+    legs_model: int  # required: a line from before it existed takes the reference path
 
 
 class _GreeksLine(msgspec.Struct, gc=False):
@@ -78,7 +78,7 @@ class _GreeksLine(msgspec.Struct, gc=False):
     data: _GreeksData
 
 
-if _GreeksData.__struct_fields__[:-1] != GREEKS_COPY_COLUMNS[1:-1]:  # pragma: no cover
+if _GreeksData.__struct_fields__ != GREEKS_COPY_COLUMNS[1:-1]:  # pragma: no cover
     raise ImportError("the drain's Greeks struct no longer matches the COPY columns")
 
 _decode: Final = msgspec.json.Decoder(_GreeksLine).decode
@@ -146,6 +146,7 @@ class CopyDecoder:
                         d.api_mode,
                         d.legs,
                         d.legs_missing,
+                        d.legs_model,
                         rec.key,
                     )
                     # Routed as by_table does, by the contract alone.

@@ -65,6 +65,7 @@ GREEKS_COLUMNS: Final[Mapping[str, Column]] = {
     "api_mode": Column("text"),
     "legs": Column("integer"),
     "legs_missing": Column("integer"),
+    "legs_model": Column("integer"),  # NULL in rows written before it existed
     "bridge_key": _KEY,
 }
 EVENTS_COLUMNS: Final[Mapping[str, Column]] = {

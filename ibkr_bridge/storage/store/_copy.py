@@ -34,7 +34,8 @@ CREATE TEMP TABLE IF NOT EXISTS _bridge_greeks_in (
     seq integer, timestamp timestamptz, contract text, delta double precision,
     gamma double precision, vega double precision, theta double precision,
     underlying_price double precision, dollar_delta double precision, account text,
-    api_mode text, legs integer, legs_missing integer, bridge_key text
+    api_mode text, legs integer, legs_missing integer, legs_model integer,
+    bridge_key text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS _bridge_events_in (
     seq integer, timestamp timestamptz, api_mode text, event text, status text,

@@ -35,6 +35,7 @@ GREEKS_COPY_COLUMNS: Final = (
     "api_mode",
     "legs",
     "legs_missing",
+    "legs_model",
     "bridge_key",
 )
 EVENTS_COPY_COLUMNS: Final = (
@@ -114,6 +115,7 @@ def split_raw(lines: Iterable[Mapping[str, Any]]) -> tuple[list[GreeksTuple], li
                     d["api_mode"],
                     d["legs"],
                     d["legs_missing"],
+                    d["legs_model"],
                     line["key"],
                 )
             )

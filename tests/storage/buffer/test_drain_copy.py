@@ -119,6 +119,7 @@ async def test_buffers_written_by_older_code_drain(
             assert got["timestamp"] == record.timestamp
             for name in ("contract", "delta", "gamma", "vega", "theta", "account", "legs"):
                 assert got[name] == getattr(record, name), name
+            assert got["legs_model"] == 0  # the lines predate it: no model Greeks then
         else:
             assert isinstance(record, ApiEvent)  # the fixtures predate position rows
             got = logged[record.key]
@@ -159,6 +160,59 @@ def test_lines_this_version_writes_never_need_the_reference(
     decoder = CopyDecoder(True)
     assert decoder.decode([format_line(r) for r in records], 0, 2) == []
     assert [g[-1] for g in decoder.greeks] == ["c000001", "c000002"]
+    assert [g[-2] for g in decoder.greeks] == [0, 2]  # legs_model, a column before the key
+
+
+# A Greeks line as the bridge wrote it before legs_model existed (no such member).
+_BEFORE_LEGS_MODEL = (
+    b'{"v":1,"type":"greeks","key":"old-1","data":{"timestamp":"2026-12-07T02:00:00+00:00",'
+    b'"account":"DU1","api_mode":"SOCKET","contract":"PORTFOLIO","delta":12.5,"gamma":0.25,'
+    b'"vega":-3.75,"theta":-1.5,"underlying_price":600.0,"dollar_delta":7500.0,"legs":4,'
+    b'"legs_missing":0}}'
+)
+
+
+def test_a_line_from_before_legs_model_decodes_with_zero_model_legs() -> None:
+    # The struct requires the member, so the reference decides: the record's default, 0.
+    line = with_crc(_BEFORE_LEGS_MODEL)
+    got = fast(line)
+    assert got is not None
+    assert got == reference(line)
+    ((*_, legs, missing, model, key),) = got[0]
+    assert (legs, missing, model, key) == (4, 0, 0, "old-1")
+
+
+def _write_buffer(path: Path) -> None:
+    path.write_bytes(
+        header(2)
+        + with_crc(_BEFORE_LEGS_MODEL)
+        + b"\n"
+        + format_line(row(2, legs_model=2))
+        + b"\n"
+        + format_line(row(3, contract="SPY", legs_model=1))
+        + b"\n"
+    )
+    path.chmod(0o600)
+
+
+async def test_lines_from_before_and_after_legs_model_drain_into_the_column(
+    db: TestDatabase, path: Path
+) -> None:
+    await asyncio.to_thread(_write_buffer, path)
+    store = await Store.open(db.dsn, command_timeout=30.0)
+    try:
+        await store.ensure_schema()
+        with JsonlBuffer(path) as buf:
+            progress = await drain_buffer(buf, store)
+    finally:
+        await store.close()
+    assert (progress.drained, progress.quarantined, progress.rejected) == (3, 0, 0)
+    got = {
+        r["bridge_key"]: r["legs_model"]
+        for table in ("portfolio_greeks", "underlying_greeks")
+        for r in await db.fetch(f"SELECT bridge_key, legs_model FROM {table}")
+    }
+    assert got == {"old-1": 0, "c000002": 2, "c000003": 1}
 
 
 _TOKENS = st.sampled_from(
@@ -200,6 +254,7 @@ _FIELDS = [
     "account",
     "legs",
     "legs_missing",
+    "legs_model",
 ]
 
 
@@ -218,7 +273,10 @@ def mutated_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
             text = text.replace(f'"{name}":{old}', f'"{name}":{token}', 1)
     edit = draw(
         st.sampled_from(
-            ["", "space", "v", "type", "key", "dup", "extra", "missing", "top", "crc", "nocrc"]
+            [
+                *("", "space", "v", "type", "key", "dup", "extra", "missing", "nomodel"),
+                *("top", "crc", "nocrc"),
+            ]
         )
     )
     if edit == "space":
@@ -237,6 +295,8 @@ def mutated_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
         text = text.replace('"legs_missing":0', '"legs_missing":0,"x":0', 1).replace(
             '"legs":3,', "", 1
         )
+    elif edit == "nomodel":  # a line from before legs_model existed
+        text = text.replace(',"legs_model":0', "", 1)
     elif edit == "top":
         text = text[:-1] + ',"note":"x"}'
     body = text.encode()

@@ -96,7 +96,14 @@ async def test_existing_table_missing_columns_is_named_and_untouched(db: TestDat
         with pytest.raises(SchemaError) as info:
             await ensure_bridge_schema(conn)
         text = str(info.value)
-        for column in ("account", "bridge_key", "dollar_delta", "legs", "legs_missing"):
+        for column in (
+            "account",
+            "bridge_key",
+            "dollar_delta",
+            "legs",
+            "legs_missing",
+            "legs_model",
+        ):
             assert f"missing column {column}" in text
         assert "ALTER TABLE portfolio_greeks ADD COLUMN bridge_key text;" in text
         # Nothing changed: user data and shape intact, api_logs not created either.
@@ -188,7 +195,7 @@ async def test_a_table_with_wrong_types_is_refused_with_the_exact_alters(
                 gamma numeric(10, 4), vega double precision NOT NULL, theta double precision,
                 underlying_price double precision, dollar_delta double precision,
                 account text, api_mode text, legs integer, legs_missing integer,
-                bridge_key text NOT NULL UNIQUE, note text NOT NULL)
+                legs_model integer, bridge_key text NOT NULL UNIQUE, note text NOT NULL)
             """
         )
         before = await _catalog(conn)
@@ -244,7 +251,8 @@ async def test_compatible_types_are_accepted_and_round_trip_exactly(db: TestData
                 gamma numeric, vega numeric, theta double precision,
                 underlying_price double precision, dollar_delta double precision,
                 account varchar, api_mode text, legs bigint, legs_missing bigint,
-                bridge_key varchar NOT NULL UNIQUE, inserted_at timestamptz DEFAULT now())
+                legs_model bigint, bridge_key varchar NOT NULL UNIQUE,
+                inserted_at timestamptz DEFAULT now())
             """
         )
         await ensure_bridge_schema(conn)
@@ -292,6 +300,7 @@ async def test_a_spec_005_table_is_refused_at_start_and_upgraded_by_apply(
         assert {f.problem for f in plan.upgrade if f.table == "portfolio_greeks"} == {
             *(f"missing column {c}" for c in ("dollar_delta", "account", "api_mode", "legs")),
             "missing column legs_missing",
+            "missing column legs_model",
             "missing column bridge_key",
             "no unique index on bridge_key",
         }
@@ -307,6 +316,7 @@ async def test_a_spec_005_table_is_refused_at_start_and_upgraded_by_apply(
             assert new["bridge_key"].startswith("legacy:")
             assert new["account"] is None  # unknown, not guessed
             assert new["legs"] is None
+            assert new["legs_model"] is None
         assert len({r["bridge_key"] for r in rows}) == 2
         (event_row,) = await conn.fetch("SELECT * FROM api_logs")
         assert {k: event_row[k] for k in old_events[0]} == old_events[0]
@@ -356,3 +366,62 @@ async def test_a_view_in_a_tables_place_is_refused(db: TestDatabase) -> None:
             await apply_bridge_schema(conn)
     finally:
         await conn.close()
+
+
+# --- legs_model (issue 11): tables the bridge created before the column existed -------------
+
+
+async def test_tables_from_before_legs_model_are_named_then_upgraded_by_apply(
+    db: TestDatabase,
+) -> None:
+    conn = await db.connect()
+    try:
+        # The previous release's tables: this release's DDL without legs_model.
+        await ensure_bridge_schema(conn)
+        for table in ("portfolio_greeks", "underlying_greeks"):
+            await conn.execute(f"ALTER TABLE {table} DROP COLUMN legs_model")
+        await conn.execute(
+            "INSERT INTO portfolio_greeks (timestamp, delta, legs, legs_missing, bridge_key)"
+            " VALUES ('2026-02-20T15:00:00Z', 12.5, 4, 0, 'old-p')"
+        )
+        await conn.execute(
+            "INSERT INTO underlying_greeks (timestamp, contract, delta, legs, bridge_key)"
+            " VALUES ('2026-02-20T15:00:00Z', 'SPY', 12.5, 4, 'old-u')"
+        )
+        before = await _catalog(conn)
+        with pytest.raises(SchemaError) as info:
+            await ensure_bridge_schema(conn)
+        text = str(info.value)
+        for table in ("portfolio_greeks", "underlying_greeks"):
+            assert f"  {table}: missing column legs_model" in text
+            assert f"  ALTER TABLE {table} ADD COLUMN legs_model integer;" in text
+        assert "api_logs" not in text
+        assert await _catalog(conn) == before  # the service changes nothing
+        assert await check_bridge_schema(conn) == {
+            table: ["missing column legs_model"]
+            for table in ("portfolio_greeks", "underlying_greeks")
+        }
+
+        plan = await apply_bridge_schema(conn)
+        assert (plan.create, plan.blocked) == ((), ())
+        assert [(f.table, f.fix) for f in plan.upgrade] == [
+            (table, (f"ALTER TABLE {table} ADD COLUMN legs_model integer;",))
+            for table in ("portfolio_greeks", "underlying_greeks")
+        ]
+        assert await check_bridge_schema(conn) == {}
+        await ensure_bridge_schema(conn)  # the service starts on it now
+        # Old rows: NULL (not recorded then, not guessed); their other values kept.
+        old = await conn.fetchrow("SELECT delta, legs, legs_model FROM portfolio_greeks")
+        assert tuple(old.values()) == (12.5, 4, None)
+        assert await conn.fetchval("SELECT legs_model FROM underlying_greeks") is None
+    finally:
+        await conn.close()
+
+    store = await Store.open(db.dsn, command_timeout=5.0, connect_timeout=5.0)
+    try:
+        await store.write([greeks("PORTFOLIO", 1, legs_model=1), greeks("SPY", 1, legs_model=1)])
+    finally:
+        await store.close()
+    for table in ("portfolio_greeks", "underlying_greeks"):
+        got = await db.fetch(f"SELECT bridge_key, legs_model FROM {table} ORDER BY id")
+        assert [r["legs_model"] for r in got] == [None, 1]

@@ -183,6 +183,20 @@ async def test_underlying_rows_go_to_their_own_table_on_both_paths(
     assert latest[0]["contract"] == "PORTFOLIO"
 
 
+async def test_leg_counts_are_written_on_every_path(store: Store, db: TestDatabase) -> None:
+    p0, spy0 = row(0, legs_missing=1, legs_model=2), row(0, contract="SPY", legs_model=1)
+    await store.write([p0, spy0])  # the optimistic COPY
+    p1, spy1 = row(1, legs_model=3), row(1, contract="SPY", legs_model=2)
+    await store.write([p0, p1, spy1])  # a replayed key: the temp-table path
+    p2 = row(2, legs_model=4)
+    await store.write_tuples(*split_raw([json.loads(record_to_json(p2))]))  # raw lines
+    counts = "SELECT bridge_key, legs, legs_missing, legs_model FROM {} ORDER BY id"
+    got = [tuple(r.values()) for r in await db.fetch(counts.format("portfolio_greeks"))]
+    assert got == [(p0.key, 3, 1, 2), (p1.key, 3, 0, 3), (p2.key, 3, 0, 4)]
+    got = [tuple(r.values()) for r in await db.fetch(counts.format("underlying_greeks"))]
+    assert got == [(spy0.key, 3, 0, 1), (spy1.key, 3, 0, 2)]
+
+
 def _line_as_main_wrote_it(r: GreeksRow) -> str:
     # Spelled out, not record_to_json: the buffer format of the version before this change.
     data = {

@@ -166,10 +166,14 @@ def rows_from_net(
     prices: Callable[[], Mapping[str, float]],
     broken_farms: Collection[str] = (),
     accounts: Sequence[str] = (),
+    judged: frozenset[int] | None = None,
 ) -> TickRows:
     """:func:`rows_from_legs` for the same legs as :class:`NetLeg` records and their ages
-    (open legs of SEC_TYPES only, as a feed reads them): the same verdict and rows."""
-    verdict = judge_ages(ages, rule, broken_farms=broken_farms)
+    (open legs of SEC_TYPES only, as a feed reads them): the same verdict and rows.
+
+    ``judged`` is every option leg's conid when ``ages`` leaves current legs out (see
+    :func:`~ibkr_bridge.core.greeks.judge_ages`)."""
+    verdict = judge_ages(ages, rule, broken_farms=broken_farms, legs=judged)
     book = bool(legs)
     known: Mapping[str, float] | None = None  # the prices, asked at most once a tick
     if rule.model and book:

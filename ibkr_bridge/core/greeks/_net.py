@@ -238,12 +238,18 @@ LegAge = tuple[int, str, float | None, float]
 
 
 def judge_ages(
-    ages: Sequence[LegAge], rule: GreeksRule, *, broken_farms: Collection[str] = ()
+    ages: Sequence[LegAge],
+    rule: GreeksRule,
+    *,
+    broken_farms: Collection[str] = (),
+    legs: frozenset[int] | None = None,
 ) -> LegsVerdict:
     """Exactly ``judge_legs`` of the same legs as :class:`LegGreeks` records.
 
     A current leg (Greeks received, no older than ``stale_after``, no broken farm) adds
     nothing to the verdict but its conid, so only the others are made records and judged.
+    ``legs`` is every option leg's conid when ``ages`` leaves current legs out (None: the
+    conids in ``ages`` are all of them).
     """
     stale_after = rule.stale_after
     others = (
@@ -254,4 +260,5 @@ def judge_ages(
         rule,
         broken_farms=broken_farms,
     )
-    return attrs.evolve(verdict, legs=frozenset(map(itemgetter(0), ages)))
+    every = frozenset(map(itemgetter(0), ages)) if legs is None else legs
+    return attrs.evolve(verdict, legs=every)

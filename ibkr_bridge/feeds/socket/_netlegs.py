@@ -176,6 +176,7 @@ class NetLegs:
         self._known: dict[int, tuple[Position, _SocketLeg | None]] = {}
         self._positions: list[Position] = []  # the open positions at the last read
         self._legs: list[_SocketLeg] = []  # their legs, in the same order
+        self._conids: frozenset[int] = frozenset()  # their option legs' conids
 
     def _legs_of(self, positions: list[Position]) -> list[_SocketLeg]:
         """The legs of ``positions``: the same list as last tick while ib_async holds the
@@ -201,11 +202,19 @@ class NetLegs:
                 seen.add(leg.conid)
                 legs.append(leg)
         self._positions, self._legs = positions, legs
+        self._conids = frozenset(leg.conid for leg in legs if leg.option)
         return legs
 
-    def read(self, session: LegSource, mono: float) -> tuple[list[NetLeg], list[LegAge]]:
-        """The legs of the open positions and the option legs' ages (once per conid),
-        exactly as :func:`~._positions.session_legs` reads them."""
+    def read(
+        self, session: LegSource, mono: float, *, current: float | None = None
+    ) -> tuple[list[NetLeg], list[LegAge], frozenset[int]]:
+        """The legs of the open positions, the option legs' ages (once per conid) and
+        every option leg's conid, as :func:`~._positions.session_legs` reads them.
+
+        With ``current`` (the rule's ``stale_after``; None while a market-data farm is
+        broken) a leg whose Greeks are that recent is left out of the ages: it is current,
+        and :func:`~ibkr_bridge.core.greeks.judge_ages` only needs the others.
+        """
         legs = self._legs_of(session.open_positions())
         ages: list[LegAge] = []
         subs = session.subs
@@ -234,8 +243,9 @@ class NetLegs:
             if leg.unique:
                 at = sub.greeks_at
                 age = None if at is None or greeks is None else mono - at
-                ages.append((leg.conid, leg.name, age, mono - sub.subscribed_at))
-        return list(legs), ages
+                if current is None or age is None or age > current:
+                    ages.append((leg.conid, leg.name, age, mono - sub.subscribed_at))
+        return list(legs), ages, self._conids
 
 
 def _refresh(leg: _SocketLeg, greeks: OptionComputation) -> None:

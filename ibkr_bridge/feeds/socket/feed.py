@@ -259,7 +259,9 @@ class SocketFeed:
         session = self._session
         if session is None or not session.usable or not session.accounts:
             return None
-        legs, ages = self._legs.read(session, self.clock.monotonic())
+        # While a farm is broken every leg is judged; else only the ones not current.
+        current = None if session.broken_farms else self.rule.stale_after
+        legs, ages, judged = self._legs.read(session, self.clock.monotonic(), current=current)
         accounts = session.accounts
         self.legs_verdict, rows, self.position_rows = rows_from_net(
             legs,
@@ -271,5 +273,6 @@ class SocketFeed:
             mode=self.mode,
             prices=lambda: underlying_prices(session),
             broken_farms=session.broken_farms,
+            judged=judged,
         )
         return rows

@@ -172,8 +172,10 @@ def both(
     }
     legs, judged = session_legs(cast(_Session, book), mono)
     reference = rows_from_legs(legs, judged, rule, **common)  # type: ignore[arg-type]
-    net, ages = fast.read(book, mono)
-    return rows_from_net(net, ages, rule, **common), reference  # type: ignore[arg-type]
+    # As SocketFeed.snapshot reads them: current legs left out unless a farm is broken.
+    net, ages, conids = fast.read(book, mono, current=None if farms else rule.stale_after)
+    fast_rows = rows_from_net(net, ages, rule, judged=conids, **common)  # type: ignore[arg-type]
+    return fast_rows, reference
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

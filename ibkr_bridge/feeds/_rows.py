@@ -172,7 +172,8 @@ def rows_from_net(
     (open legs of SEC_TYPES only, as a feed reads them): the same verdict and rows.
 
     ``judged`` is every option leg's conid when ``ages`` leaves current legs out (see
-    :func:`~ibkr_bridge.core.greeks.judge_ages`)."""
+    :func:`~ibkr_bridge.core.greeks.judge_ages`); with ``rule.model`` ``ages`` must hold
+    every option leg (a current leg the model cannot price is judged missing)."""
     verdict = judge_ages(ages, rule, broken_farms=broken_farms, legs=judged)
     book = bool(legs)
     known: Mapping[str, float] | None = None  # the prices, asked at most once a tick
@@ -240,11 +241,19 @@ def _net_with_model(
         omit=missing,
     )
     filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
-    if not filled:
+    # As _with_model: a current leg neither IB nor the model prices is a missing leg.
+    unpriced = {leg.conid for leg in modelled if leg.conid not in filled and needs_model(leg)}
+    unpriced -= missing
+    if not filled and not unpriced:
         return legs, verdict
     out = list(legs)
     for i, leg in zip(at, modelled, strict=True):
         if leg.greeks_source == "model":
             out[i] = LegNet(leg)
-    again = judge_ages([a for a in ages if a[0] not in filled], rule, broken_farms=broken_farms)
+    again = judge_ages(
+        [a for a in ages if a[0] not in filled],
+        rule,
+        broken_farms=broken_farms,
+        unpriced=unpriced,
+    )
     return out, attrs.evolve(again, legs=verdict.legs)

@@ -243,22 +243,31 @@ def judge_ages(
     *,
     broken_farms: Collection[str] = (),
     legs: frozenset[int] | None = None,
+    unpriced: Collection[int] = (),
 ) -> LegsVerdict:
     """Exactly ``judge_legs`` of the same legs as :class:`LegGreeks` records.
 
     A current leg (Greeks received, no older than ``stale_after``, no broken farm) adds
     nothing to the verdict but its conid, so only the others are made records and judged.
     ``legs`` is every option leg's conid when ``ages`` leaves current legs out (None: the
-    conids in ``ages`` are all of them).
+    conids in ``ages`` are all of them). ``unpriced`` as for ``judge_legs`` (those legs
+    are judged although current, so ``ages`` must hold them).
     """
     stale_after = rule.stale_after
     others = (
-        ages if broken_farms else [leg for leg in ages if leg[2] is None or leg[2] > stale_after]
+        ages
+        if broken_farms
+        else [
+            leg
+            for leg in ages
+            if leg[2] is None or leg[2] > stale_after or (unpriced and leg[0] in unpriced)
+        ]
     )
     verdict = judge_legs(
         [LegGreeks(conid=c, name=n, age=a, waited=w) for c, n, a, w in others],
         rule,
         broken_farms=broken_farms,
+        unpriced=unpriced,
     )
     every = frozenset(map(itemgetter(0), ages)) if legs is None else legs
     return attrs.evolve(verdict, legs=every)

@@ -259,8 +259,9 @@ class SocketFeed:
         session = self._session
         if session is None or not session.usable or not session.accounts:
             return None
-        # While a farm is broken every leg is judged; else only the ones not current.
-        current = None if session.broken_farms else self.rule.stale_after
+        # Only the legs not current are judged, unless a farm is broken or the model may
+        # find a current leg it cannot price (then every leg is).
+        current = None if session.broken_farms or self.rule.model else self.rule.stale_after
         legs, ages, judged = self._legs.read(session, self.clock.monotonic(), current=current)
         accounts = session.accounts
         self.legs_verdict, rows, self.position_rows = rows_from_net(

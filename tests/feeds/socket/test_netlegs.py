@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ib_async import Contract, OptionComputation, Position, Ticker
 
-from ibkr_bridge.core.greeks import GreeksRule
+from ibkr_bridge.core.greeks import UNPRICED, GreeksRule
 from ibkr_bridge.feeds._rows import TickRows, rows_from_legs, rows_from_net
 from ibkr_bridge.feeds.socket._netlegs import NetLegs
 from ibkr_bridge.feeds.socket._positions import session_legs
@@ -172,8 +172,10 @@ def both(
     }
     legs, judged = session_legs(cast(_Session, book), mono)
     reference = rows_from_legs(legs, judged, rule, **common)  # type: ignore[arg-type]
-    # As SocketFeed.snapshot reads them: current legs left out unless a farm is broken.
-    net, ages, conids = fast.read(book, mono, current=None if farms else rule.stale_after)
+    # As SocketFeed.snapshot reads them: current legs left out, unless a farm is broken
+    # or the model may find one it cannot price.
+    current = None if farms or rule.model else rule.stale_after
+    net, ages, conids = fast.read(book, mono, current=current)
     fast_rows = rows_from_net(net, ages, rule, judged=conids, **common)  # type: ignore[arg-type]
     return fast_rows, reference
 
@@ -214,9 +216,10 @@ def test_the_property_sees_every_case() -> None:
                 ("positions", bool(want.positions)),
                 ("skipped", want.rows is None and bool(want.verdict.missing)),
                 ("null", any(r.gamma is None for r in rows)),
+                ("unpriced", any(p.why == UNPRICED for p in want.verdict.missing)),
             )
             if hit
         )
 
     run()
-    assert seen == {"model", "accounts", "missing", "positions", "skipped", "null"}
+    assert seen == {"model", "accounts", "missing", "positions", "skipped", "null", "unpriced"}

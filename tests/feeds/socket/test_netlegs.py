@@ -200,7 +200,7 @@ def test_the_property_sees_every_case() -> None:
     rows, missing legs and per-position rows (a property that never met them proves nothing)."""
     seen: set[str] = set()
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=1500, deadline=None, database=None, derandomize=True)
     @given(data=st.data(), rule=RULES)
     def run(data: st.DataObject, rule: GreeksRule) -> None:
         book, mono = data.draw(books())

@@ -23,6 +23,7 @@ from ibkr_bridge.core.greeks import (
     mid_or_last,
     option_right,
 )
+from ibkr_bridge.feeds.socket._underlyings import future_price
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
                 seen.add(contract.conId)
                 judged.append(_judged(session, contract, sec_type, sub, greeks, mono))
             values = _option_values(greeks)
+            if sec_type == "FOP" and clean_price(values.get("underlying_price")) is None:
+                values["underlying_price"] = future_price(session, contract.conId)
             option = _option_fields(contract, greeks, ticker)
         else:
             price = _ticker_price(ticker) if sec_type in FUTURE_SEC_TYPES else None

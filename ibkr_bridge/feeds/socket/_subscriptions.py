@@ -3,9 +3,9 @@
 :class:`_Subscriptions` is the part of a session (:class:`~._session._Session` adds the
 connection and its events) that follows the book: after each position change it
 reconciles, cancelling the streams no position needs and requesting the new ones. A leg
-whose contract needs details first (futures, futures options, an option's underlying
-stock) is looked up after connect, a few at a time under the feed's pacer, and cached by
-the feed across sessions; until then it waits unsubscribed, like a leg without Greeks.
+whose contract needs details first (futures, a futures option and its future, an option's
+stock) waits unsubscribed, like a leg without Greeks, until looked up after connect, paced
+and cached by the feed across sessions.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ibkr_bridge.feeds.socket._ibasync import (
     send_mark,
     until_sent,
 )
+from ibkr_bridge.feeds.socket._underlyings import fop_futures
 from ibkr_bridge.feeds.socket._wire import (
     _DETAILS,
     _DETAILS_IN_FLIGHT,
@@ -135,7 +136,7 @@ class _Subscriptions:
         except GatewayError as exc:
             self.listener.feed_event("error", str(exc), status="warning")
             return None
-        result = _unique(contract, details)
+        result = _unique(contract, details, self.feed._under_conids)
         if result is None or not result.conId or not result.exchange:
             message = f"{what}: no unique contract, its market data is not requested"
             self.listener.feed_event("error", message, status="warning")
@@ -245,15 +246,14 @@ class _Subscriptions:
                 prices[pos.contract.symbol] = market.conId
                 # The shares are the options' underlying: no lookup if they are sold later.
                 self.stocks.setdefault((pos.contract.symbol, pos.contract.currency), market)
-        # Stock options are priced off the stock's own ticker; a futures option carries
-        # its underlying future's price in its model Greeks (undPrice).
-        for pos in positions:
+        for pos in positions:  # stock options are priced off the stock's own ticker
             c = pos.contract
             if c.secType == "OPT" and c.symbol not in prices:
                 stock = self._stock(c.symbol, c.currency)
                 if stock is not None:
                     wanted[stock.conId] = stock
                     prices[c.symbol] = stock.conId
+        fop_futures(self, positions, wanted)  # and futures options off their future's
         if self.closed:
             return
         for conid in [c for c in self.subs if c not in wanted]:

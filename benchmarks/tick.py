@@ -4,6 +4,7 @@
     python benchmarks/tick.py --seconds 60 --rounds 3       # what docs/performance.md quotes
     python benchmarks/tick.py --legs 50 --seconds 3 --interval 0.5   # smoke
     python benchmarks/tick.py --profile 30                  # + the tick work's top costs
+    python benchmarks/tick.py --position-rows               # + a position_greeks row per leg
 
 Each round runs three phases, each with its own simulator subprocess
 (``python -m ibkr_bridge.sim socket --port 0``, so its CPU is not charged here):
@@ -96,6 +97,11 @@ def describe(r: PhaseResult) -> str:
         f"bare inserts <= {r.bare_cpu_pct:.3f} %); "
         f"simulator CPU {sim}; table {r.rows_in_table} rows of {r.rows_submitted} submitted, "
         f"{r.rows_buffered} via the buffer"
+        + (
+            f"; position_greeks {r.positions_in_table} rows of {r.positions_submitted}"
+            if r.positions_submitted
+            else ""
+        )
     )
 
 
@@ -140,7 +146,8 @@ def summary(
         return ", ".join(f"{v:.2f}" for v in values)
 
     return (
-        f"median over {len(rounds)} rounds, {args.legs} legs / {args.underlyings} underlyings, "
+        f"median over {len(rounds)} rounds, {args.legs} legs / {args.underlyings} underlyings"
+        f"{' with position rows' if args.position_rows else ''}, "
         f"poll {args.interval:g} s, simulator ticks every {args.sim_tick_interval:g} s, "
         f"{args.seconds:g} s windows ({ticks} load ticks): "
         f"CPU bridge / bare ib_async {cpu_ratio:.2f}x of the per-round {listed(cpu_ratios)} "
@@ -179,6 +186,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="IB_PROBE_INTERVAL (60; the bridge's default 15 s probe times out behind "
         "ib_async's 45 requests/s throttle while a big book subscribes)",
     )
+    parser.add_argument(
+        "--position-rows",
+        action="store_true",
+        help="BRIDGE_POSITION_ROWS=true: a position_greeks row per leg per tick, in the "
+        "tick's transaction (the bare INSERT+COMMIT writes them too)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="baseline+floor+load rounds (1)")
     parser.add_argument(
         "--profile",
@@ -214,10 +227,14 @@ async def main(argv: list[str]) -> int:
             if r % 2 == 0:
                 floor = await run_floor(loaded, args, work)
                 print(f"round {r + 1}: {describe_floor(floor)}", flush=True)
-                load = await run_phase("load", loaded, args, server, work)
+                load = await run_phase(
+                    "load", loaded, args, server, work, position_rows=args.position_rows
+                )
                 print(f"round {r + 1}: {describe(load)}", flush=True)
             else:
-                load = await run_phase("load", loaded, args, server, work)
+                load = await run_phase(
+                    "load", loaded, args, server, work, position_rows=args.position_rows
+                )
                 print(f"round {r + 1}: {describe(load)}", flush=True)
                 floor = await run_floor(loaded, args, work)
                 print(f"round {r + 1}: {describe_floor(floor)}", flush=True)
@@ -235,7 +252,14 @@ async def main(argv: list[str]) -> int:
             profiler = cProfile.Profile()
             profiled = argparse.Namespace(**{**vars(args), "seconds": args.profile})
             result = await run_phase(
-                "profiled", loaded, profiled, server, work, bare=False, profiler=profiler
+                "profiled",
+                loaded,
+                profiled,
+                server,
+                work,
+                bare=False,
+                profiler=profiler,
+                position_rows=args.position_rows,
             )
             print_profile(profiler, result.ticks)
     stop_embedded_postgres()

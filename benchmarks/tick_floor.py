@@ -8,7 +8,8 @@
 - :class:`BareInsert`: a dedicated asyncpg connection writing the same rows the bridge just
   wrote, with plain ``INSERT`` statements in one transaction, into tables created
   ``LIKE ... INCLUDING ALL`` (same columns, indexes and constraints) in the same schema;
-  the floor of the bridge's durable write.
+  the floor of the bridge's durable write. With ``--position-rows`` the tick's
+  ``position_greeks`` rows too, into a copy partitioned like it, in the same transaction.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from cadence import SimProcess, socket_simulator_args
 from ib_async import IB, Contract, StartupFetchNONE
 
 from ibkr_bridge.core.greeks import PORTFOLIO
-from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow, PositionRow
 from ibkr_bridge.feeds.socket._wire import _market_contract
+from ibkr_bridge.storage.positions import COPY_COLUMNS as POSITION_COLUMNS
+from ibkr_bridge.storage.positions import POSITION_TABLE, position_tuple
 from ibkr_bridge.storage.schema import GREEKS_TABLE, UNDERLYING_TABLE
 from ibkr_bridge.storage.store import GREEKS_COPY_COLUMNS
 from ibkr_bridge.storage.store._rows import greeks_tuple
@@ -141,11 +144,13 @@ def describe_floor(r: FloorResult) -> str:
 
 _COLUMNS: Final = GREEKS_COPY_COLUMNS[1:]
 _BARE: Final = {GREEKS_TABLE: "bare_portfolio_greeks", UNDERLYING_TABLE: "bare_underlying_greeks"}
+_BARE_POSITIONS: Final = "bare_position_greeks"
 
 
-def _insert(table: str) -> str:
-    marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-    return f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES ({marks})"
+def _insert(table: str, columns: Sequence[str] = _COLUMNS) -> str:
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    names = ", ".join(f'"{c}"' for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks})"
 
 
 class BareInsert:
@@ -159,21 +164,31 @@ class BareInsert:
         self.cpu_seconds = 0.0
 
     @classmethod
-    async def open(cls, dsn: str) -> BareInsert:
+    async def open(cls, dsn: str, *, positions: bool = False) -> BareInsert:
         conn = await asyncpg.connect(dsn)
         for table, bare in _BARE.items():
             await conn.execute(f"CREATE TABLE {bare} (LIKE {table} INCLUDING ALL)")
+        if positions:
+            # Partitioned by day like position_greeks (tuple routing is part of the cost).
+            await conn.execute(
+                f"CREATE TABLE {_BARE_POSITIONS} (LIKE {POSITION_TABLE} INCLUDING ALL) "
+                'PARTITION BY RANGE ("timestamp");'
+                f"CREATE TABLE {_BARE_POSITIONS}_all PARTITION OF {_BARE_POSITIONS} DEFAULT"
+            )
         return cls(conn)
 
-    async def write(self, rows: Sequence[GreeksRow]) -> None:
+    async def write(self, rows: Sequence[GreeksRow], positions: Sequence[PositionRow] = ()) -> None:
         by_table: dict[str, list[tuple[Any, ...]]] = {}
         for row in rows:
             table = _BARE[GREEKS_TABLE if row.contract == PORTFOLIO else UNDERLYING_TABLE]
             by_table.setdefault(table, []).append(greeks_tuple(0, row)[1:])
+        legs = [position_tuple(p) for p in positions]
         cpu0, started = cpu_seconds(), time.perf_counter()
         async with self._conn.transaction():
             for table, values in by_table.items():
                 await self._conn.executemany(_insert(table), values)
+            if legs:
+                await self._conn.executemany(_insert(_BARE_POSITIONS, POSITION_COLUMNS), legs)
         self.ms.append((time.perf_counter() - started) * 1000.0)
         self.cpu_seconds += cpu_seconds() - cpu0
 

@@ -25,7 +25,7 @@ from cadence import SimProcess, socket_simulator_args
 from tick_floor import BareInsert
 
 from ibkr_bridge.config import load_settings
-from ibkr_bridge.core.records import GreeksRow
+from ibkr_bridge.core.records import GreeksRow, PositionRow
 from ibkr_bridge.service.bridge import Bridge, TickInfo
 from ibkr_bridge.testing import TestDatabase
 
@@ -142,12 +142,15 @@ class Recorder:
         self.cpu_ms: list[float] = []  # thread CPU time of each tick that wrote rows
         self.cpu_start: float | None = None
         self._rows: Sequence[GreeksRow] = ()
+        self._positions: Sequence[PositionRow] = ()
         self._pending: set[asyncio.Task[None]] = set()
         # One tick's write at a time: the bare INSERT never overlaps the bridge's commit.
         self._serial = asyncio.Lock()
 
     def on_rows(self, rows: Sequence[GreeksRow]) -> None:
         self._rows = rows  # handed to the writer in this tick, just before on_tick
+        # The tick's position_greeks rows (BRIDGE_POSITION_ROWS), submitted with ``rows``.
+        self._positions = list(getattr(self._bridge._writer._feed, "position_rows", None) or ())
 
     def on_tick(self, info: TickInfo) -> None:
         ended = time.perf_counter()
@@ -160,11 +163,19 @@ class Recorder:
         if info.rows and self.cpu_start is not None:
             self.cpu_ms.append((cpu - self.cpu_start) * 1000.0)
         if info.rows:
-            task = asyncio.create_task(self._durable(ended - info.duration, ended, self._rows))
+            task = asyncio.create_task(
+                self._durable(ended - info.duration, ended, self._rows, self._positions)
+            )
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _durable(self, started: float, handed: float, rows: Sequence[GreeksRow]) -> None:
+    async def _durable(
+        self,
+        started: float,
+        handed: float,
+        rows: Sequence[GreeksRow],
+        positions: Sequence[PositionRow],
+    ) -> None:
         async with self._serial:
             # The tick's submit() already woke the writer; flush() waits for that batch.
             await self._bridge.sink.flush()
@@ -172,7 +183,7 @@ class Recorder:
             self.total_ms.append((done - started) * 1000.0)
             self.durable_ms.append((done - handed) * 1000.0)
             if self.bare is not None:
-                await self.bare.write(rows)
+                await self.bare.write(rows, positions)
 
     async def settle(self) -> None:
         if self._pending:
@@ -251,7 +262,9 @@ async def run_phase(
                             f"(state {bridge.connection_state.value})"
                         ) from None
                     if bare:  # the bridge has created its tables by now
-                        inserter = recorder.bare = await BareInsert.open(db.dsn)
+                        inserter = recorder.bare = await BareInsert.open(
+                            db.dsn, positions=position_rows
+                        )
                     wrap_ticks(bridge, recorder, profiler)
                     missed_before = bridge.status.ticks_missed
                     positions_before = bridge.status.positions_submitted

@@ -6,8 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 
 from ibkr_bridge.testing import TestDatabase, find_postgres, stop_embedded_postgres
+
+# Hypothesis' per-example deadline (200 ms) is a timed assertion: on a loaded 2-core CI
+# machine a pure example took 400 ms and failed the suite. Speed lives in benchmarks/.
+settings.register_profile("ibkr-bridge", deadline=None)
+settings.load_profile("ibkr-bridge")
 
 
 @pytest.fixture(scope="session")

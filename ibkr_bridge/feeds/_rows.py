@@ -1,4 +1,10 @@
-"""The end of a snapshot both feeds share: judge the option legs, then a flat row or aggregate."""
+"""The end of a snapshot both feeds share: judge the option legs, then a flat row or aggregate.
+
+:func:`rows_from_legs` is the reference (frozen :class:`Leg` records; the PORTAL feed's
+path); :func:`rows_from_net` gives the same :class:`TickRows` from
+:class:`~ibkr_bridge.core.greeks.NetLeg` records (the SOCKET feed's per-tick fast path),
+building :class:`Leg` records only for legs the model prices and for per-position rows.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,21 @@ import attrs
 
 from ibkr_bridge.core.greeks import (
     ALL_ACCOUNTS,
+    OPTION,
     SEC_TYPES,
     GreeksRule,
     Leg,
+    LegAge,
     LegGreeks,
+    LegNet,
     LegsVerdict,
+    NetLeg,
     aggregate,
     aggregate_accounts,
+    aggregate_net,
     apply_model,
     flat_row,
+    judge_ages,
     judge_legs,
     needs_model,
     position_rows,
@@ -140,4 +152,108 @@ def _with_model(
     rest = [j for j in judged if j.conid not in filled]
     again = judge_legs(rest, rule, broken_farms=broken_farms, unpriced=unpriced)
     # Every option leg was judged; the model only changed which of them are missing.
+    return out, attrs.evolve(again, legs=verdict.legs)
+
+
+def rows_from_net(
+    legs: Sequence[NetLeg],
+    ages: Sequence[LegAge],
+    rule: GreeksRule,
+    *,
+    account: str,
+    now: datetime,
+    mode: str,
+    prices: Callable[[], Mapping[str, float]],
+    broken_farms: Collection[str] = (),
+    accounts: Sequence[str] = (),
+    judged: frozenset[int] | None = None,
+) -> TickRows:
+    """:func:`rows_from_legs` for the same legs as :class:`NetLeg` records and their ages
+    (open legs of SEC_TYPES only, as a feed reads them): the same verdict and rows.
+
+    ``judged`` is every option leg's conid when ``ages`` leaves current legs out (see
+    :func:`~ibkr_bridge.core.greeks.judge_ages`); with ``rule.model`` ``ages`` must hold
+    every option leg (a current leg the model cannot price is judged missing)."""
+    verdict = judge_ages(ages, rule, broken_farms=broken_farms, legs=judged)
+    book = bool(legs)
+    known: Mapping[str, float] | None = None  # the prices, asked at most once a tick
+    if rule.model and book:
+        known = prices()
+        legs, verdict = _net_with_model(legs, ages, verdict, rule, now, known, broken_farms)
+    if not verdict.write:
+        return TickRows(verdict, None, [])
+    several = len(accounts) > 1
+    if not book:
+        names = (*sorted(accounts), ALL_ACCOUNTS) if several else (account,)
+        return TickRows(verdict, [flat_row(name, now, mode) for name in names], [])
+    if known is None:
+        known = prices()
+    rows = aggregate_net(
+        legs,
+        account=account,
+        timestamp=now,
+        api_mode=mode,
+        accounts=accounts if several else (),
+        underlying_prices=known,
+        omit=verdict.omit,
+    )
+    positions = (
+        position_rows(
+            [leg.to_leg() for leg in legs],
+            timestamp=now,
+            api_mode=mode,
+            underlying_prices=known,
+            omit=verdict.omit,
+            account=ALL_ACCOUNTS if several else account,
+        )
+        if rule.position_rows
+        else []
+    )
+    return TickRows(verdict, rows, positions)
+
+
+def _net_with_model(
+    legs: Sequence[NetLeg],
+    ages: Sequence[LegAge],
+    verdict: LegsVerdict,
+    rule: GreeksRule,
+    now: datetime,
+    prices: Mapping[str, float],
+    broken_farms: Collection[str],
+) -> tuple[Sequence[NetLeg], LegsVerdict]:
+    """:func:`_with_model` for NetLegs: only the legs the model may price become Leg records."""
+    missing = verdict.missing_conids
+    # needs_model(): an option leg past its grace without current or complete IB Greeks.
+    at = [
+        i
+        for i, leg in enumerate(legs)
+        if leg.kind == OPTION
+        and leg.conid not in verdict.waiting
+        and (leg.missing or leg.conid in missing)
+    ]
+    if not at:
+        return legs, verdict
+    modelled, _ = apply_model(
+        [legs[i].to_leg() for i in at],
+        now=now,
+        rate=rule.risk_free_rate,
+        underlying_prices=prices,
+        omit=missing,
+    )
+    filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
+    # As _with_model: a current leg neither IB nor the model prices is a missing leg.
+    unpriced = {leg.conid for leg in modelled if leg.conid not in filled and needs_model(leg)}
+    unpriced -= missing
+    if not filled and not unpriced:
+        return legs, verdict
+    out = list(legs)
+    for i, leg in zip(at, modelled, strict=True):
+        if leg.greeks_source == "model":
+            out[i] = LegNet(leg)
+    again = judge_ages(
+        [a for a in ages if a[0] not in filled],
+        rule,
+        broken_farms=broken_farms,
+        unpriced=unpriced,
+    )
     return out, attrs.evolve(again, legs=verdict.legs)

@@ -727,6 +727,7 @@ _ANY_TEXT = st.one_of(
 @example("IBKR_GATEWAY_CA", "/tmp/" + "x" * 300)
 @example("BRIDGE_BUFFER_PATH", "~" + "x" * 300)
 @example("PGHOST", "a\nb")
+@example("BRIDGE_WEEKLY_WINDOW", "\U0002ebe1" * 40)  # repr: ten characters each
 def test_any_text_for_any_setting_is_settings_or_a_short_config_error(name: str, text: str) -> None:
     problems: tuple[str, ...] = ()
     try:

@@ -17,13 +17,28 @@ Rules (see ``docs/greeks.md``):
 
 Modules: ``_values`` (cleaning numbers), ``_aggregate`` (legs and aggregate),
 ``staleness`` (judge_legs), ``_model`` (model Greeks where IB has none, BRIDGE_GREEKS_FALLBACK),
-``_positions`` (per-position rows and per-account nets from the same snapshot).
+``_positions`` (per-position rows and per-account nets from the same snapshot), ``_net``
+(the per-tick fast path: :class:`NetLeg` records, :func:`aggregate_net`, :func:`judge_ages`,
+equal to the reference functions above for the same legs).
 """
 
 from __future__ import annotations
 
 from ibkr_bridge.core.greeks._aggregate import GreekFields, Leg, aggregate, flat_row, row_key
 from ibkr_bridge.core.greeks._model import apply_model, model_greeks, needs_model, years_to_expiry
+from ibkr_bridge.core.greeks._net import (
+    FUTURE,
+    NO_TERMS,
+    OPTION,
+    STOCK,
+    LegAge,
+    LegNet,
+    NetLeg,
+    Terms,
+    aggregate_net,
+    judge_ages,
+    linear_terms,
+)
 from ibkr_bridge.core.greeks._positions import (
     ALL_ACCOUNTS,
     aggregate_accounts,
@@ -56,27 +71,38 @@ from ibkr_bridge.core.records import PositionRow
 
 __all__ = [
     "ALL_ACCOUNTS",
+    "FUTURE",
     "FUTURE_SEC_TYPES",
+    "NO_TERMS",
+    "OPTION",
     "OPTION_SEC_TYPES",
     "PORTFOLIO",
     "SEC_TYPES",
+    "STOCK",
     "STOCK_SEC_TYPES",
     "UNPRICED",
     "GreekFields",
     "GreeksRule",
     "Leg",
+    "LegAge",
     "LegGreeks",
+    "LegNet",
     "LegProblem",
     "LegsVerdict",
+    "NetLeg",
     "PositionRow",
+    "Terms",
     "aggregate",
     "aggregate_accounts",
+    "aggregate_net",
     "apply_model",
     "clean_greek",
     "clean_portal_greek",
     "clean_price",
     "flat_row",
+    "judge_ages",
     "judge_legs",
+    "linear_terms",
     "mid_or_last",
     "model_greeks",
     "multiplier_from",

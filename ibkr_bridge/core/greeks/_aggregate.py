@@ -227,6 +227,13 @@ def aggregate(
         symbol: _net_of_underlying(group, _underlying_price(symbol, group, underlying_prices), omit)
         for symbol, group in sorted(by_symbol.items())
     }
+    return _net_rows(nets, account=account, timestamp=timestamp, api_mode=api_mode)
+
+
+def _net_rows(
+    nets: Mapping[str, _Net], *, account: str, timestamp: datetime, api_mode: str
+) -> list[GreeksRow]:
+    """The rows of per-underlying nets (in symbol order): PORTFOLIO, then each when several."""
     if len(nets) == 1:
         (portfolio,) = nets.values()
     else:

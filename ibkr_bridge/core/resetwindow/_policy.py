@@ -100,7 +100,9 @@ class WeeklyWindow:
         """``"Fri 23:00-Sat 03:00"``; raises ValueError naming what is wrong."""
         match = _WEEKLY_TEXT.fullmatch(text)
         if match is None:
-            raise ValueError(f"{text[:40]!r} is not a weekly window like 'Fri 23:00-Sat 03:00'")
+            shown = repr(text)  # cut after repr: an unprintable character is ten characters
+            shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+            raise ValueError(f"{shown} is not a weekly window like 'Fri 23:00-Sat 03:00'")
         start_day, end_day = _day(match[1]), _day(match[4])
         times = []
         for hour, minute in ((match[2], match[3]), (match[5], match[6])):

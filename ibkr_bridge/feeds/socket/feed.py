@@ -35,10 +35,11 @@ from ibkr_bridge.core.clock import Clock, SystemClock
 from ibkr_bridge.core.errors import AccountSelectionError
 from ibkr_bridge.core.greeks import GreeksRule, LegsVerdict
 from ibkr_bridge.core.records import GreeksRow, PositionRow
-from ibkr_bridge.feeds._rows import rows_from_legs
+from ibkr_bridge.feeds._rows import rows_from_net
 from ibkr_bridge.feeds.protocol import FeedListener, LoggingListener
 from ibkr_bridge.feeds.ratelimit import SOCKET_DETAILS_LIMIT, RateLimiter
-from ibkr_bridge.feeds.socket._positions import session_legs, underlying_prices
+from ibkr_bridge.feeds.socket._netlegs import NetLegs
+from ibkr_bridge.feeds.socket._positions import underlying_prices
 from ibkr_bridge.feeds.socket._probe import probe_gateway
 from ibkr_bridge.feeds.socket._session import _Session
 from ibkr_bridge.feeds.socket._wire import (
@@ -118,6 +119,8 @@ class SocketFeed:
         self.legs_verdict: LegsVerdict | None = None
         # The per-position rows of the latest snapshot (BRIDGE_POSITION_ROWS), for the writer.
         self.position_rows: list[PositionRow] = []
+        # The legs kept from tick to tick (the fast path; session_legs is the reference).
+        self._legs = NetLegs()
 
     @classmethod
     def from_settings(cls, settings: SocketSettings, clock: Clock | None = None) -> SocketFeed:
@@ -247,18 +250,24 @@ class SocketFeed:
 
         Every option leg's Greeks are judged by :func:`~ibkr_bridge.core.greeks.judge_legs`
         (age of the last Greeks tick, market-data farms); the verdict is kept in
-        :attr:`legs_verdict` for the Bridge's events and health.
+        :attr:`legs_verdict` for the Bridge's events and health. The legs are read by
+        :class:`~._netlegs.NetLegs` and summed by :func:`~ibkr_bridge.feeds._rows.rows_from_net`,
+        which give what :func:`~._positions.session_legs` and
+        :func:`~ibkr_bridge.feeds._rows.rows_from_legs` (the reference) give, faster.
         """
         self.legs_verdict = None
         self.position_rows = []
         session = self._session
         if session is None or not session.usable or not session.accounts:
             return None
-        legs, judged = session_legs(session, self.clock.monotonic())
+        # Only the legs not current are judged, unless a farm is broken or the model may
+        # find a current leg it cannot price (then every leg is).
+        current = None if session.broken_farms or self.rule.model else self.rule.stale_after
+        legs, ages, judged = self._legs.read(session, self.clock.monotonic(), current=current)
         accounts = session.accounts
-        self.legs_verdict, rows, self.position_rows = rows_from_legs(
+        self.legs_verdict, rows, self.position_rows = rows_from_net(
             legs,
-            judged,
+            ages,
             self.rule,
             account=accounts[0] if len(accounts) == 1 else "",
             accounts=accounts,
@@ -266,5 +275,6 @@ class SocketFeed:
             mode=self.mode,
             prices=lambda: underlying_prices(session),
             broken_farms=session.broken_farms,
+            judged=judged,
         )
         return rows

@@ -55,7 +55,8 @@ class _LivePath(_Rejections):
         if self._route_now() is Route.BUFFER:
             self._append(batch)
             return
-        write = asyncio.create_task(self._store.write(batch))
+        # One tick (or the few queued behind it): one round trip where it can be.
+        write = asyncio.create_task(self._store.write_live(batch))
         done, _ = await asyncio.wait({write}, timeout=self._spill_after)
         if not done:
             # A stalled database: make the batch durable now; let the write finish

@@ -154,6 +154,18 @@ class HoldingStore(Store):
         positions: Sequence[PositionTuple] = (),
     ) -> None:
         await super().write_tuples(greeks, events, positions)
+        await self._held(greeks)
+
+    async def write_live_tuples(
+        self,
+        greeks: Sequence[GreeksTuple],
+        events: Sequence[EventTuple],
+        positions: Sequence[PositionTuple] = (),
+    ) -> None:
+        await super().write_live_tuples(greeks, events, positions)
+        await self._held(greeks)
+
+    async def _held(self, greeks: Sequence[GreeksTuple]) -> None:
         if self.hold_after_commit and greeks:
             self.holding.set()
             await asyncio.get_running_loop().create_future()  # until the crash cancels it

@@ -2,10 +2,9 @@
 
 :class:`_Subscriptions` is the part of a session (:class:`~._session._Session` adds the
 connection and its events) that follows the book: after each position change it
-reconciles, cancelling the streams no position needs and requesting the new ones. A leg
-whose contract needs details first (futures, a futures option and its future, an option's
-stock) waits unsubscribed, like a leg without Greeks, until looked up after connect, paced
-and cached by the feed across sessions.
+reconciles, cancelling the streams no position needs and requesting the new ones. Legs
+needing details first (futures, FOPs and their futures, an option's stock) wait unsubscribed
+like legs without Greeks, until looked up: after connect, paced, cached by the feed.
 """
 
 from __future__ import annotations
@@ -62,9 +61,10 @@ class _Subscriptions:
         self.cancelled: set[int] = set()
         self.price_conid: dict[str, int] = {}  # underlying symbol -> conId of its price ticker
         # The feed's caches, kept across sessions: conId -> contract with a real exchange,
-        # (symbol, currency) -> stock.
+        # (symbol, currency) -> stock, FOP conId -> its future's (IB's underConId).
         self.resolved: dict[int, Contract] = feed._resolved
         self.stocks: dict[tuple[str, str], Contract] = feed._stocks
+        self.under_conids: dict[int, int] = feed._under_conids
         # Lookups still needed, done by the resolver task after (not inside) connect.
         self.lookups: dict[Hashable, _Lookup] = {}
         self.lookups_running: set[Hashable] = set()
@@ -136,7 +136,7 @@ class _Subscriptions:
         except GatewayError as exc:
             self.listener.feed_event("error", str(exc), status="warning")
             return None
-        result = _unique(contract, details, self.feed._under_conids)
+        result = _unique(contract, details, self.under_conids)
         if result is None or not result.conId or not result.exchange:
             message = f"{what}: no unique contract, its market data is not requested"
             self.listener.feed_event("error", message, status="warning")

@@ -10,12 +10,12 @@ also holds is the same conId, so the same one stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Protocol
 
 from ib_async import Contract, Position
 
-from ibkr_bridge.feeds.socket._wire import _market_contract, _ticker_price
+from ibkr_bridge.feeds.socket._wire import _market_contract, _Subscription, _ticker_price
 
 if TYPE_CHECKING:
     from ibkr_bridge.feeds.socket._subscriptions import _Subscriptions
@@ -30,7 +30,7 @@ def fop_futures(
     exchange) are known, each is queued for the paced lookup; the option meanwhile has no
     future's price, as before.
     """
-    under_conids = subs.feed._under_conids
+    under_conids = subs.under_conids
     for pos in positions:
         fop = pos.contract
         if fop.secType != "FOP":
@@ -59,8 +59,18 @@ def _look_up_details(subs: _Subscriptions, fop: Contract) -> None:
     subs._look_up(("conid", conid), Contract(conId=conid), what, store)
 
 
-def future_price(session: _Subscriptions, fop_conid: int) -> float | None:
+class Streams(Protocol):
+    """What :func:`future_price` reads: a session's streams and its FOPs' futures."""
+
+    @property
+    def subs(self) -> Mapping[int, _Subscription]: ...
+
+    @property
+    def under_conids(self) -> Mapping[int, int]: ...
+
+
+def future_price(session: Streams, fop_conid: int) -> float | None:
     """The traded price of the future underlying the futures option ``fop_conid``, if streamed."""
-    under = session.feed._under_conids.get(fop_conid)
+    under = session.under_conids.get(fop_conid)
     sub = session.subs.get(under) if under else None
     return _ticker_price(sub.ticker if sub is not None else None)

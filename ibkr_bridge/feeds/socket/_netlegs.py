@@ -34,6 +34,7 @@ from ibkr_bridge.core.greeks import (
     linear_terms,
 )
 from ibkr_bridge.feeds.socket._positions import _option_fields, _option_values
+from ibkr_bridge.feeds.socket._underlyings import Streams, future_price
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
 _UNSET: Final = object()  # "no Greeks object seen yet" (None is a real state: no Greeks)
@@ -41,7 +42,7 @@ _LOW: Final = -1e300  # IB's unset double and anything near it are not data (_va
 _HIGH: Final = 1e300
 
 
-class LegSource(Protocol):
+class LegSource(Streams, Protocol):
     """What the legs are read from: a :class:`~._session._Session`, or a test's double."""
 
     subs: dict[int, _Subscription]
@@ -123,7 +124,7 @@ class _SocketLeg(NetLeg):
                 sec_type=self.sec_type,
                 quantity=self.quantity,
                 multiplier=self.multiplier,
-                **_option_values(greeks),
+                **_option_values(greeks, self.price if self.sec_type == "FOP" else None),
                 ib_sentinels=True,
                 account=self.account,
                 local_symbol=self.local_symbol,
@@ -177,6 +178,7 @@ class NetLegs:
         self._positions: list[Position] = []  # the open positions at the last read
         self._legs: list[_SocketLeg] = []  # their legs, in the same order
         self._conids: frozenset[int] = frozenset()  # their option legs' conids
+        self._fops: list[_SocketLeg] = []  # their futures options
 
     def _legs_of(self, positions: list[Position]) -> list[_SocketLeg]:
         """The legs of ``positions``: the same list as last tick while ib_async holds the
@@ -203,6 +205,7 @@ class NetLegs:
                 legs.append(leg)
         self._positions, self._legs = positions, legs
         self._conids = frozenset(leg.conid for leg in legs if leg.option)
+        self._fops = [leg for leg in legs if leg.sec_type == "FOP"]
         return legs
 
     def read(
@@ -245,6 +248,9 @@ class NetLegs:
                 age = None if at is None or greeks is None else mono - at
                 if current is None or age is None or age > current:
                     ages.append((leg.conid, leg.name, age, mono - sub.subscribed_at))
+        for leg in self._fops:  # IB's undPrice, else the future's price now
+            und = leg.greeks.undPrice if isinstance(leg.greeks, OptionComputation) else None
+            leg.price = clean_price(und) or future_price(session, leg.conid)
         return list(legs), ages, self._conids
 
 

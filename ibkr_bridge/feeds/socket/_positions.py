@@ -23,6 +23,7 @@ from ibkr_bridge.core.greeks import (
     mid_or_last,
     option_right,
 )
+from ibkr_bridge.feeds.socket._underlyings import future_price
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def session_legs(session: _Session, mono: float) -> tuple[list[Leg], list[LegGre
             if contract.conId not in seen:
                 seen.add(contract.conId)
                 judged.append(_judged(session, contract, sec_type, sub, greeks, mono))
-            values = _option_values(greeks)
+            future = future_price(session, contract.conId) if sec_type == "FOP" else None
+            values = _option_values(greeks, future)
             option = _option_fields(contract, greeks, ticker)
         else:
             price = _ticker_price(ticker) if sec_type in FUTURE_SEC_TYPES else None
@@ -97,16 +99,18 @@ def _judged(
     )
 
 
-def _option_values(greeks: OptionComputation | None) -> GreekFields:
-    """An option leg's Greeks and its underlying's price from ib_async's OptionComputation."""
+def _option_values(greeks: OptionComputation | None, future: float | None = None) -> GreekFields:
+    """An option leg's Greeks and its underlying's price from ib_async's OptionComputation;
+    ``future`` (a futures option's future's price) stands in for an undPrice IB left out."""
     if greeks is None:
-        return {}
+        return {} if future is None else {"underlying_price": future}
+    und = greeks.undPrice
     return {
         "delta": greeks.delta,
         "gamma": greeks.gamma,
         "vega": greeks.vega,
         "theta": greeks.theta,
-        "underlying_price": greeks.undPrice,
+        "underlying_price": und if future is None or clean_price(und) is not None else future,
     }
 
 

@@ -2,10 +2,9 @@
 
 :class:`_Subscriptions` is the part of a session (:class:`~._session._Session` adds the
 connection and its events) that follows the book: after each position change it
-reconciles, cancelling the streams no position needs and requesting the new ones. A leg
-whose contract needs details first (futures, futures options, an option's underlying
-stock) is looked up after connect, a few at a time under the feed's pacer, and cached by
-the feed across sessions; until then it waits unsubscribed, like a leg without Greeks.
+reconciles, cancelling the streams no position needs and requesting the new ones. Legs
+needing details first (futures, FOPs and their futures, an option's stock) wait unsubscribed
+like legs without Greeks, until looked up: after connect, paced, cached by the feed.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from ibkr_bridge.feeds.socket._ibasync import (
     send_mark,
     until_sent,
 )
+from ibkr_bridge.feeds.socket._underlyings import fop_futures
 from ibkr_bridge.feeds.socket._wire import (
     _DETAILS,
     _DETAILS_IN_FLIGHT,
@@ -61,9 +61,10 @@ class _Subscriptions:
         self.cancelled: set[int] = set()
         self.price_conid: dict[str, int] = {}  # underlying symbol -> conId of its price ticker
         # The feed's caches, kept across sessions: conId -> contract with a real exchange,
-        # (symbol, currency) -> stock.
+        # (symbol, currency) -> stock, FOP conId -> its future's (IB's underConId).
         self.resolved: dict[int, Contract] = feed._resolved
         self.stocks: dict[tuple[str, str], Contract] = feed._stocks
+        self.under_conids: dict[int, int] = feed._under_conids
         # Lookups still needed, done by the resolver task after (not inside) connect.
         self.lookups: dict[Hashable, _Lookup] = {}
         self.lookups_running: set[Hashable] = set()
@@ -135,7 +136,7 @@ class _Subscriptions:
         except GatewayError as exc:
             self.listener.feed_event("error", str(exc), status="warning")
             return None
-        result = _unique(contract, details)
+        result = _unique(contract, details, self.under_conids)
         if result is None or not result.conId or not result.exchange:
             message = f"{what}: no unique contract, its market data is not requested"
             self.listener.feed_event("error", message, status="warning")
@@ -245,15 +246,14 @@ class _Subscriptions:
                 prices[pos.contract.symbol] = market.conId
                 # The shares are the options' underlying: no lookup if they are sold later.
                 self.stocks.setdefault((pos.contract.symbol, pos.contract.currency), market)
-        # Stock options are priced off the stock's own ticker; a futures option carries
-        # its underlying future's price in its model Greeks (undPrice).
-        for pos in positions:
+        for pos in positions:  # stock options are priced off the stock's own ticker
             c = pos.contract
             if c.secType == "OPT" and c.symbol not in prices:
                 stock = self._stock(c.symbol, c.currency)
                 if stock is not None:
                     wanted[stock.conId] = stock
                     prices[c.symbol] = stock.conId
+        fop_futures(self, positions, wanted)  # and futures options off their future's
         if self.closed:
             return
         for conid in [c for c in self.subs if c not in wanted]:

@@ -121,9 +121,19 @@ def _market_contract(contract: Contract, exchange: str) -> Contract:
     return Contract(**copied, exchange=exchange)
 
 
-def _unique(query: Contract, details: Sequence[ContractDetails]) -> Contract | None:
-    """The one contract ``details`` name, picked as ib_async's qualifyContracts does; else None."""
+def _unique(
+    query: Contract, details: Sequence[ContractDetails], under: dict[int, int] | None = None
+) -> Contract | None:
+    """The one contract ``details`` name, picked as ib_async's qualifyContracts does; else None.
+
+    ``under`` (if given) learns each futures option's ``underConId`` (0: IB named none), the
+    one future whose price is that option's underlying price.
+    """
     found = [d.contract for d in details if d.contract is not None]
+    if under is not None:
+        under.update(
+            {c.conId: d.underConId for d in details if (c := d.contract) and c.secType == "FOP"}
+        )
     if len(found) > 1 and query.secType:
         # IB may answer a futures-option query with the future as well.
         found = [c for c in found if c.secType == query.secType]

@@ -107,6 +107,7 @@ class SocketFeed:
         # looking a futures book up again on every reconnect is what kept it from LIVE.
         self._resolved: dict[int, Contract] = {}
         self._stocks: dict[tuple[str, str], Contract] = {}
+        self._under_conids: dict[int, int] = {}  # FOP conId -> its future's (IB's underConId)
         # One pacer for the feed's lifetime, so a flapping connection cannot burst anew.
         self._pacer = RateLimiter(
             self.clock, global_limit=None, limits={_DETAILS: SOCKET_DETAILS_LIMIT}

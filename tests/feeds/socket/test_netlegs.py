@@ -49,6 +49,7 @@ class Book:
     positions: dict[str, list[Position]]
     subs: dict[int, _Subscription] = field(default_factory=dict)
     first_seen: dict[int, float] = field(default_factory=dict)
+    under_conids: dict[int, int] = field(default_factory=dict)  # FOP -> its future
 
     def open_positions(self) -> list[Position]:  # as _Subscriptions.open_positions
         return [p for a in self.accounts for p in self.positions.get(a, []) if p.position != 0]
@@ -106,6 +107,11 @@ def books(draw: st.DrawFn) -> tuple[Book, float]:
     for account in accounts:
         held = draw(st.lists(st.sampled_from(contracts), unique_by=id)) if contracts else []
         book.positions[account] = [Position(account, c, quantity(draw), 1.0) for c in held]
+    futures = [c.conId for c in contracts if c.secType == "FUT"]
+    for c in contracts:
+        if c.secType == "FOP" and draw(st.booleans()):
+            # Its future as IB names it: one in the book, none (0), or one not streamed.
+            book.under_conids[c.conId] = draw(st.sampled_from([*futures, 0, 999]))
     for c in contracts:
         if draw(st.integers(0, 5)) == 0:
             continue  # unresolved: no stream, waits from when it was first seen

@@ -175,8 +175,10 @@ async def test_reconnecting_sends_no_contract_details_request(clock: FakeClock) 
         try:
             await feed.connect()
             await eventually(lambda: has_rows(feed, clock.now()), "rows")
+            await eventually(lambda: ES_CONID in subscribed(sim), "the options' future")
             first = sim.count_requests(REQ_CONTRACT_DETAILS)
-            assert first == 2  # one per futures option; the SPY legs trade on SMART
+            # One per futures option, one for their future; the SPY legs trade on SMART.
+            assert first == 3
 
             await feed.disconnect()
             await feed.connect()  # a second connect: every conId is known
@@ -208,7 +210,8 @@ async def test_connect_does_not_wait_for_contract_details(clock: FakeClock) -> N
             assert feed.snapshot(clock.now()) is None
 
             sim.release()
-            await eventually(lambda: subscribed(sim) == SPY_LEGS | {ES_CALL, ES_PUT}, "ES legs")
+            es_legs = SPY_LEGS | {ES_CALL, ES_PUT, ES_CONID}  # and the options' future
+            await eventually(lambda: subscribed(sim) == es_legs, "ES legs")
             await eventually(lambda: has_rows(feed, clock.now()), "rows with every leg")
             rows = feed.snapshot(clock.now())
             assert rows is not None

@@ -44,7 +44,16 @@ GUARD = 10.0  # seconds a wait may take before the test is declared hung
 # Conids of the demo book (see ibkr_bridge.sim.portfolio.default_portfolio).
 SPY_CALL_NEAR, SPY_PUT_NEAR, SPY_CALL_FAR = 800000101, 800000102, 800000103
 ES_CALL, ES_PUT = 800000201, 800000202
-DEMO_SUBSCRIPTIONS = {SPY_CONID, SPY_CALL_NEAR, SPY_PUT_NEAR, SPY_CALL_FAR, ES_CALL, ES_PUT}
+# Every leg, and the ES options' underlying future (not held): its price for the model.
+DEMO_SUBSCRIPTIONS = {
+    SPY_CONID,
+    SPY_CALL_NEAR,
+    SPY_PUT_NEAR,
+    SPY_CALL_FAR,
+    ES_CALL,
+    ES_PUT,
+    ES_CONID,
+}
 DEMO_OPTION_LEGS = 5
 
 
@@ -208,9 +217,9 @@ async def test_connects_picks_the_single_account_and_subscribes_every_leg(
         assert feed.account == DEFAULT_ACCOUNT
         assert feed.connected
         assert sim.client_ids == {CLIENT_ID}
-        # Every option leg and the SPY stock; ES's future price comes with the FOP Greeks.
+        # Every option leg, the SPY stock and the ES options' future (one stream each).
         await eventually(lambda: subscribed(sim) == DEMO_SUBSCRIPTIONS, "subscriptions")
-        assert ES_CONID not in subscribed(sim)
+        assert sorted(sim.subscriptions_of(CLIENT_ID).values()) == sorted(DEMO_SUBSCRIPTIONS)
         # The Gateway's farm notices become informational events.
         farm = [e for e in recorder.of("event") if e["event"] == "farm"]
         assert {e["code"] for e in farm} == {2104, 2106, 2158}
@@ -423,8 +432,8 @@ async def test_all_sentinel_greeks_are_missing_never_summed(clock: FakeClock) ->
             total = rows[PORTFOLIO]
             assert (total.delta, total.gamma, total.vega, total.theta) == (None,) * 4
             assert total.legs_missing == DEMO_OPTION_LEGS
-            # ES carries its future's price only in the (sentinel) Greeks: none to be had.
-            assert rows["ES"].underlying_price is None
+            # No undPrice in the (sentinel) Greeks: ES's price is its future's own stream.
+            assert rows["ES"].underlying_price == pytest.approx(6000.0)
             assert rows["SPY"].underlying_price == pytest.approx(600.0)
 
 

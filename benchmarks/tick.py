@@ -21,7 +21,9 @@ Each round runs four phases, each with its own simulator subprocess
   seconds. Its own schema, buffer and DurableWriter into PostgreSQL, the system clock;
 - write: the load phase again (same book, same stream), polling every ``--write-interval``
   seconds (0.25) instead of ``--interval``, so that its window holds enough ticks (240 in
-  60 s) for the durable write's p99 to be a percentile rather than the maximum of 12; only
+  60 s) for the durable write's p99 to be a percentile rather than the maximum of 12
+  (``BRIDGE_STALE_AFTER`` stays the load phase's 3 x ``--interval``, so ticks are not skipped
+  for Greeks older than three fast polls); only
   its durable-write and bare INSERT+COMMIT figures are quoted (its CPU and tick work are
   not the production cadence's, and the load phase keeps reporting those).
 
@@ -271,7 +273,13 @@ async def main(argv: list[str]) -> int:
                 print(f"round {r + 1}: {describe_floor(floor)}", flush=True)
             write = load
             if args.write_interval > 0:
-                fast = argparse.Namespace(**{**vars(args), "interval": args.write_interval})
+                fast = argparse.Namespace(
+                    **{
+                        **vars(args),
+                        "interval": args.write_interval,
+                        "stale_after": 3 * args.interval,
+                    }
+                )
                 write = await run_phase(
                     "write", loaded, fast, server, work, position_rows=args.position_rows
                 )

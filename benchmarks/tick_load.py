@@ -243,6 +243,14 @@ async def run_phase(
                     "BRIDGE_POLL_INTERVAL": str(args.interval),
                     "IB_PROBE_INTERVAL": str(args.probe_interval),
                     "BRIDGE_POSITION_ROWS": "true" if position_rows else "false",
+                    # tick.py's write phase polls fast but keeps the load phase's staleness
+                    # (3 x its interval): the default, 3 x a 0.25 s poll, is shorter than the
+                    # simulator's 1 s stream and would skip most ticks.
+                    **(
+                        {"BRIDGE_STALE_AFTER": str(args.stale_after)}
+                        if getattr(args, "stale_after", None)
+                        else {}
+                    ),
                 },
                 use_dotenv=False,
             )

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import asyncio
 
+import attrs
+
 from ibkr_bridge.core.errors import PermanentStoreError, TransientStoreError
 from ibkr_bridge.core.machines.breaker import Route
 from ibkr_bridge.core.records import Record
 from ibkr_bridge.storage.sink._base import _resolve, log
 from ibkr_bridge.storage.sink._rejections import _Rejections
+
+
+@attrs.define
+class _LiveWrite:
+    """A batch on its way to PostgreSQL, and whether it was spilled meanwhile."""
+
+    batch: list[Record]
+    futures: list[asyncio.Future[None]] | None
+    spilled: bool = False
 
 
 class _LivePath(_Rejections):
@@ -55,21 +66,25 @@ class _LivePath(_Rejections):
         if self._route_now() is Route.BUFFER:
             self._append(batch)
             return
-        # One tick (or the few queued behind it): one round trip where it can be.
-        write = asyncio.create_task(self._store.write_live(batch))
+        # One tick (or the few queued behind it): one round trip where it can be. A
+        # commit settles the batch inside the write's own task, in the step the
+        # database's answer arrives: its futures resolve without waiting for the task's
+        # done callbacks and this task's wake-up (two more loop iterations, each one a
+        # chance for a burst of stream decoding to run first).
+        live = _LiveWrite(batch, self._routing)
+        write = asyncio.create_task(self._write_live(live))
         done, _ = await asyncio.wait({write}, timeout=self._spill_after)
         if not done:
             # A stalled database: make the batch durable now; let the write finish
             # (or fail) in the background. A late commit makes the drained copy a no-op.
+            live.spilled = True
             self._append(batch)
             self._stragglers.add(write)
             write.add_done_callback(self._straggler_done)
             return
         exc = write.exception()
         if exc is None:
-            self._written += len(batch)
-            self._accepted(batch)
-            return
+            return  # settled by _write_live
         if isinstance(exc, TransientStoreError):
             self._append(batch)
             self._trip(exc)
@@ -78,11 +93,22 @@ class _LivePath(_Rejections):
         else:
             raise exc
 
+    async def _write_live(self, live: _LiveWrite) -> None:
+        await self._store.write_live(live.batch)
+        if live.spilled:
+            return  # already durable in the buffer; the drained copy will be a no-op
+        self._written += len(live.batch)
+        self._accepted(live.batch)
+        if live.futures is not None:
+            _resolve(live.futures)
+
     def _straggler_done(self, task: asyncio.Task[None]) -> None:
         self._stragglers.discard(task)
-        if task.cancelled() or self._stopped:
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved even when stopped: asyncio would log it
+        if self._stopped:
             # Stopped: its batch is already in the buffer; the next run drains it.
             return
-        exc = task.exception()
         if isinstance(exc, TransientStoreError):
             self._trip(exc)

@@ -46,6 +46,7 @@ from ibkr_bridge.core.greeks._positions import (
     position_rows,
 )
 from ibkr_bridge.core.greeks._values import (
+    BY_SYMBOL_SEC_TYPES,
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
     PORTFOLIO,
@@ -71,6 +72,7 @@ from ibkr_bridge.core.records import PositionRow
 
 __all__ = [
     "ALL_ACCOUNTS",
+    "BY_SYMBOL_SEC_TYPES",
     "FUTURE",
     "FUTURE_SEC_TYPES",
     "NO_TERMS",

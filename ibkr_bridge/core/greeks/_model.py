@@ -9,8 +9,10 @@ such legs Black-Scholes (OPT) or Black-76 (FOP) Greeks from :mod:`ibkr_bridge.co
   implied from the option's mid price, else none (the leg stays missing);
 * underlying price: for a leg whose IB computation is current but incomplete (some
   Greeks "not computed"), that computation's own underlying price, which its implied
-  volatility goes with; otherwise the underlying's current price (the per-underlying map
-  the feed passes, else the leg's own); the future's price for a futures option;
+  volatility goes with; otherwise the underlying's current price (for an equity option
+  the stock's, from the by-symbol map the feed passes, else the leg's own); for a futures
+  option always the leg's own, its own future's price, never a price by symbol (a stock
+  may share the future's root: Eversource and the E-mini are both "ES");
 * time: calendar years from ``now`` to 16:00 New York on the expiry date;
 * rate: BRIDGE_RISK_FREE_RATE, continuously compounded; no dividend yield (the bridge has
   no dividend data), which the docs state next to the comparison with QuantLib.
@@ -31,6 +33,7 @@ import attrs
 from ibkr_bridge.core import pricing
 from ibkr_bridge.core.greeks._aggregate import Leg
 from ibkr_bridge.core.greeks._values import (
+    BY_SYMBOL_SEC_TYPES,
     OPTION_SEC_TYPES,
     clean_greek,
     clean_portal_greek,
@@ -111,7 +114,9 @@ def apply_model(
         # A current IB computation (only some Greeks "not computed") prices its implied vol
         # at its own underlying price: keep the pair. A missing or stale one: price now.
         own = None if leg.conid in omit else clean_price(leg.underlying_price)
-        g = model_greeks(leg, now=now, rate=rate, underlying_price=own or prices.get(leg.symbol))
+        # The by-symbol map holds stocks: a futures option keeps its own future's price.
+        now_price = prices.get(leg.symbol) if leg.sec_type in BY_SYMBOL_SEC_TYPES else None
+        g = model_greeks(leg, now=now, rate=rate, underlying_price=own or now_price)
         if g is None:
             out.append(leg)
             continue

@@ -21,6 +21,7 @@ from typing import Final
 from ibkr_bridge.core.greeks._aggregate import Leg, _times, aggregate, flat_row
 from ibkr_bridge.core.greeks._values import (
     _KEY_NAMESPACE,
+    BY_SYMBOL_SEC_TYPES,
     FUTURE_SEC_TYPES,
     OPTION_SEC_TYPES,
     SEC_TYPES,
@@ -108,14 +109,18 @@ def position_rows(
     """One row per open leg that :func:`aggregate` counts, in conid order.
 
     A leg's row carries :attr:`Leg.account`, else ``account`` (a single-account feed's
-    legs need not name it).
+    legs need not name it). Its ``underlying_price``: for a stock or equity option the
+    stock's from ``underlying_prices`` (by symbol), else the leg's own; for a future or
+    futures option only the leg's own (its future's), never a price by symbol.
     """
     prices = underlying_prices or {}
     rows = []
     for leg in sorted(legs, key=lambda leg: (leg.account, leg.conid)):
         if leg.quantity == 0 or leg.sec_type not in SEC_TYPES:
             continue
-        price = clean_price(prices.get(leg.symbol)) or clean_price(leg.underlying_price)
+        # Futures legs carry their own future's price; the by-symbol map holds stocks'.
+        given = prices.get(leg.symbol) if leg.sec_type in BY_SYMBOL_SEC_TYPES else None
+        price = clean_price(given) or clean_price(leg.underlying_price)
         omitted = leg.sec_type in OPTION_SEC_TYPES and leg.conid in omit
         rows.append(
             _position_row(

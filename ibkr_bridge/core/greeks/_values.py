@@ -19,6 +19,10 @@ FUTURE_SEC_TYPES: Final = frozenset({"FUT"})
 #: Security types :func:`aggregate` counts; legs of any other type (CASH, BOND, IND, ...)
 #: carry no Greek the bridge can express and are skipped.
 SEC_TYPES: Final = OPTION_SEC_TYPES | STOCK_SEC_TYPES | FUTURE_SEC_TYPES
+#: Legs whose underlying is a stock, so a by-symbol price map may price them. A future's
+#: or futures option's underlying is one future (ESZ6, not "ES"; and Eversource's stock is
+#: "ES" too): its price is the leg's own, never one looked up by symbol.
+BY_SYMBOL_SEC_TYPES: Final = frozenset({"OPT"}) | STOCK_SEC_TYPES
 
 # IB's "unset double" is sys.float_info.max; nothing real is anywhere near 1e300.
 _UNSET_FLOOR: Final = 1e300

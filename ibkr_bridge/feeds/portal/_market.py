@@ -15,7 +15,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from ibkr_bridge.core.errors import GatewayError
-from ibkr_bridge.core.greeks import OPTION_SEC_TYPES, GreekFields, Leg, LegGreeks
+from ibkr_bridge.core.greeks import (
+    BY_SYMBOL_SEC_TYPES,
+    OPTION_SEC_TYPES,
+    GreekFields,
+    Leg,
+    LegGreeks,
+)
 from ibkr_bridge.feeds.portal._fields import (
     SNAPSHOT_FIELDS,
     has_greeks,
@@ -165,6 +171,8 @@ class _MarketData(_PositionsReader):
                     implied = mid = None
             else:
                 implied = mid = None
+            # Its own underlying's price: a FOP's future by undConid, a future's own.
+            greeks["underlying_price"] = self._price_of(pos.underlying_conid, now)
             legs.append(
                 Leg(
                     conid=pos.conid,
@@ -190,17 +198,22 @@ class _MarketData(_PositionsReader):
             return None
         return market
 
+    def _price_of(self, conid: int | None, now: datetime) -> float | None:
+        """The fresh traded price of ``conid``, if polled."""
+        market = self._fresh(conid, now) if conid is not None else None
+        return traded_price(market.fields) if market is not None else None
+
     def _underlying_prices(
         self, positions: Iterable[PortalPosition], now: datetime
     ) -> dict[str, float]:
+        """Stocks' prices by symbol, for stock and equity-option legs only: a future is
+        not named by its symbol (ESZ6 and ESH7 are both "ES", and so is Eversource's
+        stock), so futures legs carry their own future's price (:meth:`_legs`)."""
         prices: dict[str, float] = {}
         for pos in sorted(positions, key=lambda p: p.conid):
-            if pos.symbol in prices or pos.underlying_conid is None:
+            if pos.symbol in prices or pos.sec_type not in BY_SYMBOL_SEC_TYPES:
                 continue
-            market = self._fresh(pos.underlying_conid, now)
-            if market is None:
-                continue
-            price = traded_price(market.fields)
+            price = self._price_of(pos.underlying_conid, now)
             if price is not None:
                 prices[pos.symbol] = price
         return prices

@@ -28,6 +28,7 @@ from ibkr_bridge.feeds.socket._wire import _Subscription
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 SYMBOLS = ("SPY", "QQQ", "ES")
+STOCK_ES = 950.0  # a stock "ES"'s price (Eversource), as the by-symbol map holds it
 ACCOUNTS = ("DU1", "DU2", "DU3")
 # Every kind of value IB's Greeks take: data, the -2 sentinel, NaN, inf, the unset double.
 RAW = st.one_of(
@@ -210,9 +211,13 @@ def test_the_property_sees_every_case() -> None:
     @given(data=st.data(), rule=RULES)
     def run(data: st.DataObject, rule: GreeksRule) -> None:
         book, mono = data.draw(books())
-        got, want = both(book, mono, rule, set(), NetLegs(), NOW, {"SPY": 600.0})
+        # "ES" as a stock's price too (above PRICE's range, so no leg's own price equals it).
+        got, want = both(book, mono, rule, set(), NetLegs(), NOW, {"SPY": 600.0, "ES": STOCK_ES})
         assert repr(got.rows) == repr(want.rows)
         rows = want.rows or []
+        futures = [p for p in want.positions if p.sec_type in ("FOP", "FUT")]
+        # A futures leg never takes the by-symbol (stock) price, in the model or its row.
+        assert all(p.underlying_price != STOCK_ES for p in futures)
         seen.update(
             name
             for name, hit in (
@@ -223,9 +228,20 @@ def test_the_property_sees_every_case() -> None:
                 ("skipped", want.rows is None and bool(want.verdict.missing)),
                 ("null", any(r.gamma is None for r in rows)),
                 ("unpriced", any(p.why == UNPRICED for p in want.verdict.missing)),
+                # A futures option of the stock's symbol with its own price in its row.
+                ("es_fop", any(p.underlying == "ES" and p.underlying_price for p in futures)),
             )
             if hit
         )
 
     run()
-    assert seen == {"model", "accounts", "missing", "positions", "skipped", "null", "unpriced"}
+    assert seen == {
+        "model",
+        "accounts",
+        "missing",
+        "positions",
+        "skipped",
+        "null",
+        "unpriced",
+        "es_fop",
+    }

@@ -133,3 +133,40 @@ async def test_a_closed_option_drops_its_futures_stream(clock: FakeClock) -> Non
             assert streams(sim) == sorted([ES_MAR, ON_MAR])  # the held future stays
         finally:
             await feed.disconnect()
+
+
+EVERSOURCE = 700000030  # the stock "ES": the same symbol as the E-mini's root
+
+
+async def test_a_stock_named_like_the_future_never_prices_its_options(clock: FakeClock) -> None:
+    """Eversource ("ES") held next to ES futures options: the options' model Greeks and
+    rows take their own future's price, never the stock's (a wrong row, not a missing one)."""
+    when = clock.now()
+    book = two_expiries(when, hold_march=False)
+    stock = Instrument(EVERSOURCE, "ES", "STK", exchange="NYSE")
+    book = Portfolio(
+        [DEFAULT_ACCOUNT],
+        [*book.instruments(), stock],
+        [*book.positions(), Position(DEFAULT_ACCOUNT, stock, 200.0, 60.0)],
+        spots={**SPOTS, EVERSOURCE: 75.0},
+        volatilities={ES_DEC: 0.16, ES_MAR: 0.17, EVERSOURCE: 0.2},
+        seed=0,
+        as_of=when,
+    )
+    async with simulator(book, clock) as sim:
+        await sim.sentinel_greeks("minus2")
+        feed, _ = make_feed(sim, rule=MODEL)
+        try:
+            await feed.connect()
+            await eventually(lambda: has_rows(feed, clock.now()), "rows")
+            rows = {r.conid: r for r in feed.position_rows}
+            assert rows[EVERSOURCE].underlying_price == 75.0
+            for conid, future in ((ON_DEC, ES_DEC), (ON_MAR, ES_MAR)):
+                assert rows[conid].greeks_source == "model"
+                assert rows[conid].underlying_price == SPOTS[future]
+            # Black-76 at ~6,000 for a 6,050 call: a delta near one half, not the ~0 of 75.
+            delta = rows[ON_DEC].unit_delta
+            assert delta is not None
+            assert delta > 0.3
+        finally:
+            await feed.disconnect()

@@ -12,6 +12,7 @@ that are not current, which is all ``judge_legs`` looks at.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -42,7 +43,7 @@ Terms = tuple[float | None, float | None, float | None, float | None]
 NO_TERMS: Final[Terms] = (None, None, None, None)
 
 
-class NetLeg:
+class NetLeg(abc.ABC):
     """One open leg as :func:`aggregate_net` sums it (one position; SEC_TYPES only).
 
     ``terms`` are the leg's contributions to net delta, gamma, vega and theta, already
@@ -75,8 +76,9 @@ class NetLeg:
         self.model = model
         self.price = price
 
+    @abc.abstractmethod
     def to_leg(self) -> Leg:
-        raise NotImplementedError  # the feed's records know how to rebuild their Leg
+        """The equivalent :class:`Leg` (each kind of record knows how to rebuild its own)."""
 
 
 class LegNet(NetLeg):

@@ -1,7 +1,7 @@
 """The mutable portfolio a simulator owns: accounts, instruments, positions, prices, listeners.
 
-Options are valued by :mod:`._black_scholes` (Black-76 for FOP); underlyings move by the
-random walk of :mod:`._walk`.
+Options are valued by :mod:`._valuation` (Black-Scholes, Black-76 for FOP); underlyings
+move by the random walk of :mod:`._walk`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
-from ibkr_bridge.sim.portfolio._black_scholes import OptionGreeks, option_greeks
-from ibkr_bridge.sim.portfolio._calendar import aware, years_between
+from ibkr_bridge.sim.portfolio._calendar import aware
 from ibkr_bridge.sim.portfolio._records import (
     Instrument,
     Listener,
@@ -24,10 +23,11 @@ from ibkr_bridge.sim.portfolio._records import (
     cost_multiplier,
     select_instruments,
 )
+from ibkr_bridge.sim.portfolio._valuation import Valuation
 from ibkr_bridge.sim.portfolio._walk import walk_step
 
 
-class Portfolio:
+class Portfolio(Valuation):
     """The mutable portfolio a simulator owns.
 
     Option instruments must have a known underlying with a spot price. Listeners added
@@ -240,36 +240,6 @@ class Portfolio:
         if not (vol >= 0 and math.isfinite(vol)):
             raise ValueError(f"volatility must be >= 0 and finite, got {vol}")
         self._vols[conid] = float(vol)
-
-    def time_to_expiry(self, conid: int, now: datetime | None = None) -> float | None:
-        """Years from ``now`` to the instrument's expiry (None when it has none)."""
-        expires = self.instrument(conid).expires_at()
-        if expires is None:
-            return None
-        return years_between(self._now(now), expires)
-
-    def greeks(self, conid: int, now: datetime | None = None) -> OptionGreeks | None:
-        """Per-share model values (Black-Scholes, Black-76 for FOP) for an option; else None."""
-        inst = self.instrument(conid)
-        if not inst.is_option:
-            return None
-        underlying = self.underlying_conid(conid)
-        t = self.time_to_expiry(conid, now)
-        return option_greeks(inst, self._spots[underlying], t, self.volatility(conid), self.rate)
-
-    def price(self, conid: int, now: datetime | None = None) -> float:
-        """Per-share price: spot for an underlying, the model value for an option."""
-        greeks = self.greeks(conid, now)
-        if greeks is not None:
-            return greeks.option_price
-        return self._spots[conid]
-
-    def market_value(self, position: Position, now: datetime | None = None) -> float:
-        inst = position.instrument
-        return position.quantity * self.price(inst.conid, now) * cost_multiplier(inst)
-
-    def unrealized_pnl(self, position: Position, now: datetime | None = None) -> float:
-        return self.market_value(position, now) - position.quantity * position.avg_cost
 
     def step(self, dt_seconds: float, now: datetime | None = None) -> None:
         """Move every underlying by one geometric-Brownian step of ``dt_seconds``.

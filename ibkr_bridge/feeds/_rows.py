@@ -80,8 +80,7 @@ def rows_from_legs(
         return TickRows(verdict, None, [])  # waiting, stale, or a leg missing (skip)
     several = len(accounts) > 1
     if not book:
-        names = (*sorted(accounts), ALL_ACCOUNTS) if several else (account,)
-        return TickRows(verdict, [flat_row(name, now, mode) for name in names], [])
+        return TickRows(verdict, _flat_rows(account, accounts, now, mode), [])
     if known is None:
         known = prices()
     if several:
@@ -117,6 +116,23 @@ def rows_from_legs(
     return TickRows(verdict, rows, positions)
 
 
+def _flat_rows(account: str, accounts: Sequence[str], now: datetime, mode: str) -> list[GreeksRow]:
+    """A genuinely flat book's rows: each account's, then all of them, or the one account."""
+    names = (*sorted(accounts), ALL_ACCOUNTS) if len(accounts) > 1 else (account,)
+    return [flat_row(name, now, mode) for name in names]
+
+
+def _model_outcome(modelled: Sequence[Leg], missing: Collection[int]) -> tuple[set[int], set[int]]:
+    """The conids the model priced, and those it could not although they need it.
+
+    A current leg IB left "not computed" that the model cannot price either (no implied
+    vol, no usable mid) is a missing leg for BRIDGE_MISSING_LEGS, not a row of NULLs.
+    """
+    filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
+    unpriced = {leg.conid for leg in modelled if leg.conid not in filled and needs_model(leg)}
+    return filled, unpriced - set(missing)
+
+
 def _with_model(
     legs: Sequence[Leg],
     judged: Sequence[LegGreeks],
@@ -139,11 +155,7 @@ def _with_model(
         underlying_prices=prices,
         omit=verdict.missing_conids,
     )
-    filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
-    # A current leg IB left "not computed" that the model cannot price either (no implied
-    # vol, no usable mid) is a missing leg for BRIDGE_MISSING_LEGS, not a row of NULLs.
-    unpriced = {leg.conid for leg in modelled if leg.conid not in filled and needs_model(leg)}
-    unpriced -= verdict.missing_conids
+    filled, unpriced = _model_outcome(modelled, verdict.missing_conids)
     if not filled and not unpriced:
         return legs, verdict
     out = list(legs)
@@ -184,8 +196,7 @@ def rows_from_net(
         return TickRows(verdict, None, [])
     several = len(accounts) > 1
     if not book:
-        names = (*sorted(accounts), ALL_ACCOUNTS) if several else (account,)
-        return TickRows(verdict, [flat_row(name, now, mode) for name in names], [])
+        return TickRows(verdict, _flat_rows(account, accounts, now, mode), [])
     if known is None:
         known = prices()
     rows = aggregate_net(
@@ -240,10 +251,7 @@ def _net_with_model(
         underlying_prices=prices,
         omit=missing,
     )
-    filled = {leg.conid for leg in modelled if leg.greeks_source == "model"}
-    # As _with_model: a current leg neither IB nor the model prices is a missing leg.
-    unpriced = {leg.conid for leg in modelled if leg.conid not in filled and needs_model(leg)}
-    unpriced -= missing
+    filled, unpriced = _model_outcome(modelled, missing)
     if not filled and not unpriced:
         return legs, verdict
     out = list(legs)

@@ -16,7 +16,7 @@ the option's own mid. Everything here is recomputed without the bridge's code:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,57 +27,16 @@ from ibkr_bridge.sim import TwsSimulator, default_portfolio
 from ibkr_bridge.sim.portfolio import (
     DEFAULT_ACCOUNT,
     ES_CONID,
-    OptionGreeks,
-    Position,
-    black76,
-    black_scholes,
-    years_between,
 )
 from ibkr_bridge.testing import TestDatabase
 
-from .test_model_mid_e2e import close, only
+from .test_model_mid_e2e import close, from_mid, only
 from .test_socket_e2e import NY, World, assert_clean, make_world
 
 GREEKS = ("delta", "gamma", "vega", "theta")
 RATE = 0.04
 SOCKET_START = datetime(2026, 3, 10, 14, 0, tzinfo=NY)
 ES_CALL, ES_PUT = 800000201, 800000202
-
-Model = Callable[[float, float, float, float, float, str], OptionGreeks]
-
-
-def solve_vol(
-    model: Model, price: float, spot: float, strike: float, t: float, right: str
-) -> float:
-    """The volatility at which ``model`` gives ``price``: bisection to adjacent doubles."""
-
-    def error(vol: float) -> float:
-        return model(spot, strike, t, vol, RATE, right).option_price - price
-
-    lo, hi = 1e-6, 10.0
-    assert error(lo) < 0 < error(hi), "no volatility gives this price"
-    while True:
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if error(mid) > 0:
-            hi = mid
-        else:
-            lo = mid
-    return min((lo, hi), key=lambda v: abs(error(v)))
-
-
-def from_mid(pos: Position, mid: float, spot: float, at: datetime) -> OptionGreeks:
-    """The simulator's model of ``pos`` at the volatility implied (here) from ``mid``."""
-    inst = pos.instrument
-    expires = inst.expires_at()
-    assert inst.strike is not None
-    assert inst.right is not None
-    assert expires is not None
-    model: Model = black76 if inst.sec_type == "FOP" else black_scholes
-    t = years_between(at, expires)
-    vol = solve_vol(model, mid, spot, inst.strike, t, inst.right)
-    return model(spot, inst.strike, t, vol, RATE, inst.right)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ absent or empty, bid 84 / ask 86 / last 31 still served).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ibkr_bridge.sim.portfolio import (
     OptionGreeks,
     Portfolio,
     Position,
+    black76,
     black_scholes,
     years_between,
 )
@@ -51,12 +52,16 @@ CALL_NEAR, PUT_NEAR, CALL_FAR = 800000101, 800000102, 800000103
 REL = 1e-9
 
 
-def solve_vol(price: float, spot: float, strike: float, t: float, rate: float, right: str) -> float:
-    """The volatility at which the simulator's Black-Scholes gives ``price``: bisection
-    until the bracket's ends are adjacent doubles, then the end with the smaller error."""
+Model = Callable[[float, float, float, float, float, str], OptionGreeks]
+
+
+def solve_vol(
+    model: Model, price: float, spot: float, strike: float, t: float, right: str
+) -> float:
+    """The volatility at which ``model`` gives ``price``: bisection to adjacent doubles."""
 
     def error(vol: float) -> float:
-        return black_scholes(spot, strike, t, vol, rate, right).option_price - price
+        return model(spot, strike, t, vol, RATE, right).option_price - price
 
     lo, hi = 1e-6, 10.0
     assert error(lo) < 0 < error(hi), "no volatility gives this price"
@@ -72,15 +77,16 @@ def solve_vol(price: float, spot: float, strike: float, t: float, rate: float, r
 
 
 def from_mid(pos: Position, mid: float, spot: float, at: datetime) -> OptionGreeks:
-    """The simulator's Black-Scholes at the volatility implied (here) from ``mid``."""
+    """The simulator's model of ``pos`` at the volatility implied (here) from ``mid``."""
     inst = pos.instrument
     expires = inst.expires_at()
     assert inst.strike is not None
     assert inst.right is not None
     assert expires is not None
+    model: Model = black76 if inst.sec_type == "FOP" else black_scholes
     t = years_between(at, expires)
-    vol = solve_vol(mid, spot, inst.strike, t, RATE, inst.right)
-    return black_scholes(spot, inst.strike, t, vol, RATE, inst.right)
+    vol = solve_vol(model, mid, spot, inst.strike, t, inst.right)
+    return model(spot, inst.strike, t, vol, RATE, inst.right)
 
 
 def at_book_vol(portfolio: Portfolio, pos: Position, at: datetime) -> OptionGreeks:

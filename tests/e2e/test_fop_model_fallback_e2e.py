@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ibkr_bridge.sim import PortalSimulator, default_portfolio
+from ibkr_bridge.sim import default_portfolio
 from ibkr_bridge.sim.portfolio import (
     DEFAULT_ACCOUNT,
     ES_CONID,
@@ -32,7 +32,7 @@ from ibkr_bridge.testing import TestDatabase
 from tests.sim.portal.test_portal_sim import START as PORTAL_START
 
 from .test_portal_e2e import World as PortalWorld
-from .test_portal_e2e import make_portal_world
+from .test_portal_model_fallback_e2e import model_fallback_world
 from .test_socket_e2e import NY, World, assert_clean, make_world
 
 GREEKS = ("delta", "gamma", "vega", "theta")
@@ -149,21 +149,8 @@ async def portal_world(
     request: pytest.FixtureRequest, db: TestDatabase, tmp_path: Path
 ) -> AsyncIterator[PortalWorld]:
     book = default_portfolio(as_of=PORTAL_START)
-
-    def without_greeks(sim: PortalSimulator) -> None:
-        # Only the ES options lack Greeks (fields 7308-7311), from the first snapshot on.
-        sim.sentinel_greeks(mode=request.param, conids=FOPS)
-
-    async for w in make_portal_world(
-        db,
-        tmp_path,
-        book,
-        prepare=without_greeks,
-        BRIDGE_GREEKS_FALLBACK="model",
-        BRIDGE_RISK_FREE_RATE=repr(book.rate),
-        BRIDGE_LEG_GRACE="8",
-        BRIDGE_POSITION_ROWS="true",
-    ):
+    # Only the ES options lack Greeks (fields 7308-7311), from the first snapshot on.
+    async for w in model_fallback_world(db, tmp_path, book, request.param, FOPS):
         yield w
 
 

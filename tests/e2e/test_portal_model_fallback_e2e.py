@@ -15,7 +15,7 @@ reads ("600.00") and the volatility it reads ("18.0") are the book's exactly.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,19 @@ async def modelled(
     request: pytest.FixtureRequest, db: TestDatabase, tmp_path: Path
 ) -> AsyncIterator[World]:
     book = single_underlying_portfolio(as_of=START)
+    async for w in model_fallback_world(db, tmp_path, book, request.param, WITHOUT_GREEKS):
+        yield w
+
+
+async def model_fallback_world(
+    db: TestDatabase, tmp_path: Path, book: Portfolio, mode: str, conids: Collection[int]
+) -> AsyncIterator[World]:
+    """A PORTAL world whose ``conids`` are served without Greeks (``mode``: their fields
+    missing or empty) from the first snapshot on, as a gateway outside market hours, and a
+    bridge with the model fallback and per-position rows on."""
 
     def without_greeks(sim: PortalSimulator) -> None:
-        # From the first snapshot on, until cleared: as a gateway outside market hours.
-        sim.sentinel_greeks(mode=request.param, conids=WITHOUT_GREEKS)
+        sim.sentinel_greeks(mode=mode, conids=conids)
 
     async for w in make_portal_world(
         db,

@@ -7,6 +7,11 @@ position changes. An option leg's terms are recomputed only when its ticker's
 ``modelGreeks`` object changed (ib_async replaces it on every Greeks tick); a future's price
 is read every tick. Each record is the leg itself, updated in place: nothing is built per
 leg per tick but its age tuple and, on a Greeks tick, its four terms.
+
+The session calls :meth:`NetLegs.arrived` as each Greeks object arrives, which does that
+recomputation then rather than in the tick (a tick of a 1,000-leg book that recomputed
+every leg spent most of its time there). It is only a cache: :meth:`NetLegs.read` still
+compares every leg's Greeks object with its ticker's and recomputes what ``arrived`` missed.
 """
 
 from __future__ import annotations
@@ -28,18 +33,15 @@ from ibkr_bridge.core.greeks import (
     Leg,
     LegAge,
     NetLeg,
-    Terms,
-    clean_greek,
     clean_price,
     linear_terms,
 )
 from ibkr_bridge.feeds.socket._positions import _option_fields, _option_values
+from ibkr_bridge.feeds.socket._terms import refresh
 from ibkr_bridge.feeds.socket._underlyings import Streams, future_price
 from ibkr_bridge.feeds.socket._wire import _multiplier, _Subscription, _ticker_price
 
 _UNSET: Final = object()  # "no Greeks object seen yet" (None is a real state: no Greeks)
-_LOW: Final = -1e300  # IB's unset double and anything near it are not data (_values)
-_HIGH: Final = 1e300
 
 
 class LegSource(Streams, Protocol):
@@ -143,31 +145,6 @@ class _SocketLeg(NetLeg):
         )
 
 
-def _term(size: float, value: object) -> tuple[float | None, bool]:
-    """A Greek's term and whether it is missing, when it is not a plain float (rare)."""
-    clean = clean_greek(value)
-    if clean is None:
-        return None, True
-    product = size * clean
-    return (product if product - product == 0.0 else None), False
-
-
-def _option_terms(size: float, greeks: OptionComputation) -> tuple[Terms, bool]:
-    """clean_greek then _times for the four Greeks, inline for plain floats: the hot path."""
-    out: list[float | None] = []
-    missing = False
-    for value in (greeks.delta, greeks.gamma, greeks.vega, greeks.theta):
-        if type(value) is float and _LOW < value < _HIGH and value != -2.0:
-            product = size * value
-            # product - product is 0.0 exactly when the product is finite.
-            out.append(product if product - product == 0.0 else None)
-        else:
-            term, lost = _term(size, value)
-            out.append(term)
-            missing = missing or lost
-    return (out[0], out[1], out[2], out[3]), missing
-
-
 class NetLegs:
     """The feed's per-position records, reused from tick to tick."""
 
@@ -179,6 +156,7 @@ class NetLegs:
         self._legs: list[_SocketLeg] = []  # their legs, in the same order
         self._conids: frozenset[int] = frozenset()  # their option legs' conids
         self._fops: list[_SocketLeg] = []  # their futures options
+        self._by_conid: dict[int, list[_SocketLeg]] = {}  # their option legs, by conid
 
     def _legs_of(self, positions: list[Position]) -> list[_SocketLeg]:
         """The legs of ``positions``: the same list as last tick while ib_async holds the
@@ -206,7 +184,20 @@ class NetLegs:
         self._positions, self._legs = positions, legs
         self._conids = frozenset(leg.conid for leg in legs if leg.option)
         self._fops = [leg for leg in legs if leg.sec_type == "FOP"]
+        by_conid: dict[int, list[_SocketLeg]] = {}
+        for leg in legs:
+            if leg.option:
+                by_conid.setdefault(leg.conid, []).append(leg)
+        self._by_conid = by_conid
         return legs
+
+    def arrived(self, conid: int, ticker: Ticker, greeks: OptionComputation) -> None:
+        """New Greeks on ``conid``'s stream ``ticker``: refresh its legs now, as
+        :meth:`read` would at the next tick (the legs of the positions at the last read)."""
+        for leg in self._by_conid.get(conid, ()):
+            if greeks is not leg.greeks or ticker is not leg.ticker:
+                leg.greeks, leg.ticker = greeks, ticker
+                refresh(leg, greeks)
 
     def read(
         self, session: LegSource, mono: float, *, current: float | None = None
@@ -242,7 +233,7 @@ class NetLegs:
                 if greeks is None:
                     leg.terms, leg.missing, leg.price = NO_TERMS, True, None
                 else:
-                    _refresh(leg, greeks)
+                    refresh(leg, greeks)
             if leg.unique:
                 at = sub.greeks_at
                 age = None if at is None or greeks is None else mono - at
@@ -252,42 +243,6 @@ class NetLegs:
             und = leg.greeks.undPrice if isinstance(leg.greeks, OptionComputation) else None
             leg.price = clean_price(und) or future_price(session, leg.conid)
         return list(legs), ages, self._conids
-
-
-def _refresh(leg: _SocketLeg, greeks: OptionComputation) -> None:
-    """A new Greeks object: the leg's four terms (clean_greek, then _times) and its price."""
-    d, g, v, t = greeks.delta, greeks.gamma, greeks.vega, greeks.theta
-    if (
-        type(d) is float
-        and type(g) is float
-        and type(v) is float
-        and type(t) is float
-        and _LOW < d < _HIGH
-        and _LOW < g < _HIGH
-        and _LOW < v < _HIGH
-        and _LOW < t < _HIGH
-        and d != -2.0
-        and g != -2.0
-        and v != -2.0
-        and t != -2.0
-    ):
-        # Four plain Greeks, the hot path: clean_greek inlined.
-        size = leg.size
-        d, g, v, t = size * d, size * g, size * v, size * t
-        # x - x is 0.0 exactly when x is finite (_times drops a product that overflowed).
-        if d - d == 0.0 and g - g == 0.0 and v - v == 0.0 and t - t == 0.0:
-            leg.terms = (d, g, v, t)
-        else:
-            leg.terms = _finite_only(d, g, v, t)
-        leg.missing = False
-    else:
-        leg.terms, leg.missing = _option_terms(leg.size, greeks)
-    u = greeks.undPrice
-    leg.price = u if type(u) is float and 0.0 < u < _HIGH else clean_price(u)
-
-
-def _finite_only(d: float, g: float, v: float, t: float) -> Terms:
-    return tuple(x if x - x == 0.0 else None for x in (d, g, v, t))  # type: ignore[return-value]
 
 
 def _new_leg(pos: Position) -> _SocketLeg | None:

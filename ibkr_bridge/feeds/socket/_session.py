@@ -117,6 +117,7 @@ class _Session(_Subscriptions):
         if self.closed:
             return
         now = self.feed.clock.monotonic()
+        legs = self.feed.net_legs
         for ticker in tickers:
             contract = ticker.contract
             sub = self.subs.get(contract.conId) if contract is not None else None
@@ -125,6 +126,7 @@ class _Session(_Subscriptions):
                 if greeks is not None and greeks is not sub.greeks:
                     sub.greeks = greeks
                     sub.greeks_at = now
+                    legs.arrived(sub.contract.conId, ticker, greeks)
 
     def on_error(self, req_id: int, code: int, message: str, contract: Contract | None) -> None:
         if self.closed:

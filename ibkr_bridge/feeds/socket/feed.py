@@ -119,8 +119,9 @@ class SocketFeed:
         self.legs_verdict: LegsVerdict | None = None
         # The per-position rows of the latest snapshot (BRIDGE_POSITION_ROWS), for the writer.
         self.position_rows: list[PositionRow] = []
-        # The legs kept from tick to tick (the fast path; session_legs is the reference).
-        self._legs = NetLegs()
+        # The legs kept from tick to tick (the fast path; session_legs is the reference);
+        # the session refreshes them as Greeks arrive.
+        self.net_legs = NetLegs()
 
     @classmethod
     def from_settings(cls, settings: SocketSettings, clock: Clock | None = None) -> SocketFeed:
@@ -263,7 +264,7 @@ class SocketFeed:
         # Only the legs not current are judged, unless a farm is broken or the model may
         # find a current leg it cannot price (then every leg is).
         current = None if session.broken_farms or self.rule.model else self.rule.stale_after
-        legs, ages, judged = self._legs.read(session, self.clock.monotonic(), current=current)
+        legs, ages, judged = self.net_legs.read(session, self.clock.monotonic(), current=current)
         accounts = session.accounts
         self.legs_verdict, rows, self.position_rows = rows_from_net(
             legs,

@@ -200,6 +200,11 @@ def test_fast_path_equals_the_reference_over_ticks(data: st.DataObject, rule: Gr
         assert repr(got.rows) == repr(want.rows), tick
         assert repr(got.positions) == repr(want.positions), tick
         mono = data.draw(next_tick(book, mono))
+        # The session passes on some of the new Greeks as they arrive (NetLegs.arrived),
+        # as on_tickers does: the next read must give the reference's rows all the same.
+        for sub in book.subs.values():
+            if sub.ticker.modelGreeks is not None and data.draw(st.booleans()):
+                fast.arrived(sub.contract.conId, sub.ticker, sub.ticker.modelGreeks)
 
 
 def test_the_property_sees_every_case() -> None:
@@ -245,3 +250,34 @@ def test_the_property_sees_every_case() -> None:
         "unpriced",
         "es_fop",
     }
+
+
+def test_arrived_refreshes_the_legs_before_the_tick() -> None:
+    """New Greeks passed to arrived() are in the legs' terms before the next read (the
+    work leaves the tick), for every leg of that conid and no other."""
+    spy = Contract(conId=7, secType="OPT", symbol="SPY", multiplier="100", right="C")
+    qqq = Contract(conId=8, secType="OPT", symbol="QQQ", multiplier="100", right="P")
+    book = Book(
+        accounts=("DU1", "DU2"),
+        positions={
+            "DU1": [Position("DU1", spy, 2.0, 1.0), Position("DU1", qqq, 1.0, 1.0)],
+            "DU2": [Position("DU2", spy, -1.0, 1.0)],
+        },
+    )
+    for contract in (spy, qqq):
+        book.subs[contract.conId] = _Subscription(contract, Ticker(contract=contract), 1, 0.0)
+    fast = NetLegs()
+    legs, _, _ = fast.read(book, 1.0)
+    assert [leg.terms for leg in legs] == [(None, None, None, None)] * 3
+    sub = book.subs[7]
+    sub.ticker.modelGreeks = OptionComputation(
+        tickAttrib=0, impliedVol=0.2, delta=0.5, gamma=0.01, vega=0.2, theta=-2.0, undPrice=600.0
+    )
+    fast.arrived(7, sub.ticker, sub.ticker.modelGreeks)
+    # Not read again: the terms are already there (theta -2.0 is IB's "not computed").
+    assert [(leg.conid, leg.terms, leg.missing) for leg in legs] == [
+        (7, (100.0, 2.0, 40.0, None), True),
+        (8, (None, None, None, None), True),
+        (7, (-50.0, -1.0, -20.0, None), True),
+    ]
+    assert [leg.price for leg in legs] == [600.0, None, 600.0]

@@ -756,6 +756,37 @@ async def test_no_request_touches_other_clients_orders_or_account_subscriptions(
         assert 6 not in ids  # reqAccountUpdates: one per login, it would be the trader's
 
 
+async def test_greeks_reach_the_legs_as_they_arrive(clock: FakeClock) -> None:
+    """The session hands each new Greeks object to the kept legs (NetLegs.arrived) as
+    ib_async delivers it, so the tick does not recompute them; the rows are unchanged."""
+    async with (
+        simulator(single_underlying_portfolio(as_of=clock.now()), clock) as sim,
+        connected(sim) as (feed, _),
+    ):
+        await rows_of(feed, clock)  # the legs are known from the first read on
+        seen: dict[int, object] = {}
+        arrived = feed.net_legs.arrived
+
+        def spy(conid: int, ticker: Any, greeks: Any) -> None:
+            seen[conid] = greeks
+            arrived(conid, ticker, greeks)
+
+        feed.net_legs.arrived = spy  # type: ignore[method-assign]
+        await clock.advance(sim.tick_interval)
+        await settle(feed)
+        session = feed._session
+        assert session is not None
+        options = {c for c, sub in session.subs.items() if sub.contract.secType == "OPT"}
+        assert len(options) == 3  # and the stock
+        assert set(seen) == options
+        # The very objects on the tickers now: what the next read compares against.
+        assert all(seen[c] is session.subs[c].ticker.modelGreeks for c in options)
+        rows = feed.snapshot(clock.now())
+        assert rows is not None
+        assert rows[0].legs == 4
+        assert rows[0].legs_missing == 0
+
+
 async def test_a_reopened_leg_needs_fresh_greeks(clock: FakeClock) -> None:
     async with (
         simulator(single_underlying_portfolio(as_of=clock.now()), clock) as sim,

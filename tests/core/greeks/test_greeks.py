@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
@@ -24,6 +27,7 @@ from ibkr_bridge.core.greeks import (
     parse_portal_number,
     row_key,
 )
+from ibkr_bridge.core.greeks._values import _KEY_NAMESPACE
 from ibkr_bridge.core.records import GreeksRow, record_from_json, record_to_json
 
 TS = datetime(2026, 3, 2, 14, 30, 5, tzinfo=UTC)
@@ -620,3 +624,18 @@ def test_a_missing_greek_nulls_that_column(
         assert all(getattr(row, name) is not None for name in others), contract
         if contract not in (PORTFOLIO, symbol):
             assert getattr(row, column) is not None
+
+
+@given(
+    account=st.text(),
+    contract=st.text(),
+    api_mode=st.text(),
+    timestamp=st.datetimes(timezones=st.sampled_from([UTC, ZoneInfo("America/New_York")])),
+)
+def test_row_key_is_uuid5_of_the_json_name(
+    account: str, contract: str, api_mode: str, timestamp: datetime
+) -> None:
+    """row_key builds uuid5 by hand (for speed): the same key, for any text (non-ASCII,
+    surrogates escaped by JSON) and any offset."""
+    name = json.dumps([account, contract, timestamp.astimezone(UTC).isoformat(), api_mode])
+    assert row_key(account, contract, timestamp, api_mode) == uuid.uuid5(_KEY_NAMESPACE, name).hex

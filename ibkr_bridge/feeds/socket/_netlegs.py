@@ -16,6 +16,7 @@ compares every leg's Greeks object with its ticker's and recomputes what ``arriv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from operator import is_
 from typing import Final, Protocol
@@ -156,6 +157,8 @@ class NetLegs:
         self._legs: list[_SocketLeg] = []  # their legs, in the same order
         self._conids: frozenset[int] = frozenset()  # their option legs' conids
         self._fops: list[_SocketLeg] = []  # their futures options
+        self._options: list[_SocketLeg] = []  # their option legs, in order
+        self._futures: list[_SocketLeg] = []  # their futures
         self._by_conid: dict[int, list[_SocketLeg]] = {}  # their option legs, by conid
 
     def _legs_of(self, positions: list[Position]) -> list[_SocketLeg]:
@@ -184,6 +187,8 @@ class NetLegs:
         self._positions, self._legs = positions, legs
         self._conids = frozenset(leg.conid for leg in legs if leg.option)
         self._fops = [leg for leg in legs if leg.sec_type == "FOP"]
+        self._options = [leg for leg in legs if leg.option]
+        self._futures = [leg for leg in legs if leg.kind == FUTURE]
         by_conid: dict[int, list[_SocketLeg]] = {}
         for leg in legs:
             if leg.option:
@@ -210,14 +215,14 @@ class NetLegs:
         and :func:`~ibkr_bridge.core.greeks.judge_ages` only needs the others.
         """
         legs = self._legs_of(session.open_positions())
-        ages: list[LegAge] = []
         subs = session.subs
-        for leg in legs:
-            if not leg.option:
-                if leg.kind == FUTURE:
-                    sub = subs.get(leg.conid)
-                    leg.price = _ticker_price(sub.ticker if sub is not None else None)
-                continue
+        for leg in self._futures:
+            sub = subs.get(leg.conid)
+            leg.price = _ticker_price(sub.ticker if sub is not None else None)
+        ages: list[LegAge] = []
+        # Ages above this are not current (every age is, with no ``current``).
+        limit = -math.inf if current is None else current
+        for leg in self._options:  # in the legs' order, as the reference appends ages
             sub = subs.get(leg.conid)
             if sub is None:  # no stream: waits from when it was first seen
                 leg.greeks = leg.ticker = None
@@ -236,9 +241,10 @@ class NetLegs:
                     refresh(leg, greeks)
             if leg.unique:
                 at = sub.greeks_at
-                age = None if at is None or greeks is None else mono - at
-                if current is None or age is None or age > current:
-                    ages.append((leg.conid, leg.name, age, mono - sub.subscribed_at))
+                if at is None or greeks is None:
+                    ages.append((leg.conid, leg.name, None, mono - sub.subscribed_at))
+                elif mono - at > limit:
+                    ages.append((leg.conid, leg.name, mono - at, mono - sub.subscribed_at))
         for leg in self._fops:  # IB's undPrice, else the future's price now
             und = leg.greeks.undPrice if isinstance(leg.greeks, OptionComputation) else None
             leg.price = clean_price(und) or future_price(session, leg.conid)

@@ -125,6 +125,8 @@ async def test_outage_buffers_then_drains_in_order_once(rig: Rig) -> None:
 
 
 async def test_failed_probe_reopens_and_waits_again(rig: Rig) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+    rig.sink.add_listener(lambda e: seen.append((e.source_state, e.dest_state)))
     rig.proxy.down()
     await rig.sink.write([row(0)])
     await rig.clock.advance(60.0)  # probe while still down
@@ -132,6 +134,10 @@ async def test_failed_probe_reopens_and_waits_again(rig: Rig) -> None:
     rig.proxy.up()
     await rig.clock.advance(60.0)
     await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED)
+    # The breaker is CLOSED a step before its transition event is submitted: wait for the
+    # event, then for it to be durable, before reading api_logs.
+    await wait_until(lambda: ("HALF_OPEN", "CLOSED") in seen)
+    await rig.sink.flush()
     assert await rig.greeks_deltas() == [0.0]
     assert await rig.transitions() == [
         ("CLOSED", "OPEN"),

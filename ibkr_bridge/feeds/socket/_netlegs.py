@@ -185,15 +185,14 @@ class NetLegs:
                 seen.add(leg.conid)
                 legs.append(leg)
         self._positions, self._legs = positions, legs
-        self._conids = frozenset(leg.conid for leg in legs if leg.option)
-        self._fops = [leg for leg in legs if leg.sec_type == "FOP"]
         self._options = [leg for leg in legs if leg.option]
         self._futures = [leg for leg in legs if leg.kind == FUTURE]
+        self._fops = [leg for leg in self._options if leg.sec_type == "FOP"]
         by_conid: dict[int, list[_SocketLeg]] = {}
-        for leg in legs:
-            if leg.option:
-                by_conid.setdefault(leg.conid, []).append(leg)
+        for leg in self._options:
+            by_conid.setdefault(leg.conid, []).append(leg)
         self._by_conid = by_conid
+        self._conids = frozenset(by_conid)
         return legs
 
     def arrived(self, conid: int, ticker: Ticker, greeks: OptionComputation) -> None:
@@ -201,8 +200,7 @@ class NetLegs:
         :meth:`read` would at the next tick (the legs of the positions at the last read)."""
         for leg in self._by_conid.get(conid, ()):
             if greeks is not leg.greeks or ticker is not leg.ticker:
-                leg.greeks, leg.ticker = greeks, ticker
-                refresh(leg, greeks)
+                _take(leg, ticker, greeks)
 
     def read(
         self, session: LegSource, mono: float, *, current: float | None = None
@@ -234,11 +232,7 @@ class NetLegs:
             ticker = sub.ticker
             greeks = ticker.modelGreeks
             if greeks is not leg.greeks or ticker is not leg.ticker:
-                leg.greeks, leg.ticker = greeks, ticker
-                if greeks is None:
-                    leg.terms, leg.missing, leg.price = NO_TERMS, True, None
-                else:
-                    refresh(leg, greeks)
+                _take(leg, ticker, greeks)
             if leg.unique:
                 at = sub.greeks_at
                 if at is None or greeks is None:
@@ -249,6 +243,16 @@ class NetLegs:
             und = leg.greeks.undPrice if isinstance(leg.greeks, OptionComputation) else None
             leg.price = clean_price(und) or future_price(session, leg.conid)
         return list(legs), ages, self._conids
+
+
+def _take(leg: _SocketLeg, ticker: Ticker, greeks: OptionComputation | None) -> None:
+    """The leg's stream now shows ``greeks``: its terms and price from them (read and
+    arrived both come here, so the two cannot disagree)."""
+    leg.greeks, leg.ticker = greeks, ticker
+    if greeks is None:
+        leg.terms, leg.missing, leg.price = NO_TERMS, True, None
+    else:
+        refresh(leg, greeks)
 
 
 def _new_leg(pos: Position) -> _SocketLeg | None:

@@ -19,6 +19,7 @@ from ibkr_bridge.core.greeks import (
     OPTION,
     SEC_TYPES,
     GreeksRule,
+    Groups,
     Leg,
     LegAge,
     LegGreeks,
@@ -179,19 +180,24 @@ def rows_from_net(
     broken_farms: Collection[str] = (),
     accounts: Sequence[str] = (),
     judged: frozenset[int] | None = None,
+    groups: Groups | None = None,
 ) -> TickRows:
     """:func:`rows_from_legs` for the same legs as :class:`NetLeg` records and their ages
     (open legs of SEC_TYPES only, as a feed reads them): the same verdict and rows.
 
     ``judged`` is every option leg's conid when ``ages`` leaves current legs out (see
     :func:`~ibkr_bridge.core.greeks.judge_ages`); with ``rule.model`` ``ages`` must hold
-    every option leg (a current leg the model cannot price is judged missing)."""
+    every option leg (a current leg the model cannot price is judged missing). ``groups``
+    is ``by_symbol_of(legs)`` if the feed kept it (see ``aggregate_net``)."""
     verdict = judge_ages(ages, rule, broken_farms=broken_farms, legs=judged)
     book = bool(legs)
     known: Mapping[str, float] | None = None  # the prices, asked at most once a tick
     if rule.model and book:
         known = prices()
+        given = legs
         legs, verdict = _net_with_model(legs, ages, verdict, rule, now, known, broken_farms)
+        if legs is not given:  # the model replaced legs: the kept groups are not of these
+            groups = None
     if not verdict.write:
         return TickRows(verdict, None, [])
     several = len(accounts) > 1
@@ -207,6 +213,7 @@ def rows_from_net(
         accounts=accounts if several else (),
         underlying_prices=known,
         omit=verdict.omit,
+        groups=groups,
     )
     positions = (
         position_rows(

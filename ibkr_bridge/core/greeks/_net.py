@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Final
@@ -41,6 +41,8 @@ FUTURE: Final = 2  # delta = contracts * multiplier
 Terms = tuple[float | None, float | None, float | None, float | None]
 #: An option leg with no Greeks at all: four missing terms.
 NO_TERMS: Final[Terms] = (None, None, None, None)
+#: Legs by symbol, as :func:`by_symbol_of` groups them.
+Groups = Mapping[str, Sequence["NetLeg"]]
 
 
 class NetLeg(abc.ABC):
@@ -140,7 +142,7 @@ def _total(column: Sequence[float | None]) -> float | None:
     return total if math.isfinite(total) else None
 
 
-def _net(legs: list[NetLeg], price: float | None, omit: Collection[int]) -> _Net:
+def _net(legs: Sequence[NetLeg], price: float | None, omit: Collection[int]) -> _Net:
     live = [leg for leg in legs if leg.kind != OPTION or leg.conid not in omit] if omit else legs
     # An omitted leg (no current Greeks) is counted, never summed.
     missing = len(legs) - len(live) + [leg.missing for leg in live].count(True)
@@ -159,13 +161,26 @@ def _net(legs: list[NetLeg], price: float | None, omit: Collection[int]) -> _Net
     )
 
 
-def _price(symbol: str, legs: list[NetLeg], prices: Mapping[str, float]) -> float | None:
+def _price(symbol: str, legs: Sequence[NetLeg], prices: Mapping[str, float]) -> float | None:
     given = clean_price(prices.get(symbol))
     if given is not None:
         return given
     # As aggregate(): the lowest conid's own price, whatever the legs' order.
     candidates = [(leg.conid, leg.price) for leg in legs if leg.price is not None]
     return min(candidates)[1] if candidates else None
+
+
+def by_symbol_of(legs: Iterable[NetLeg]) -> dict[str, list[NetLeg]]:
+    """The legs grouped by symbol, symbols sorted, each group in the legs' order: what
+    :func:`aggregate_net` sums. A feed whose positions did not change may keep it."""
+    by_symbol: dict[str, list[NetLeg]] = {}
+    for leg in legs:
+        group = by_symbol.get(leg.symbol)
+        if group is None:
+            by_symbol[leg.symbol] = [leg]
+        else:
+            group.append(leg)
+    return dict(sorted(by_symbol.items()))
 
 
 def _rows_of(
@@ -176,19 +191,14 @@ def _rows_of(
     api_mode: str,
     prices: Mapping[str, float],
     omit: Collection[int],
+    groups: Groups | None = None,
 ) -> list[GreeksRow]:
-    by_symbol: dict[str, list[NetLeg]] = {}
-    for leg in legs:
-        group = by_symbol.get(leg.symbol)
-        if group is None:
-            by_symbol[leg.symbol] = [leg]
-        else:
-            group.append(leg)
+    by_symbol = by_symbol_of(legs) if groups is None else groups
     if not by_symbol:
         raise ValueError("no open legs to aggregate: use flat_row() for a flat account")
     nets = {
         symbol: _net(group, _price(symbol, group, prices), omit)
-        for symbol, group in sorted(by_symbol.items())
+        for symbol, group in by_symbol.items()
     }
     return _net_rows(nets, account=account, timestamp=timestamp, api_mode=api_mode)
 
@@ -202,17 +212,32 @@ def aggregate_net(
     accounts: Sequence[str] = (),
     underlying_prices: Mapping[str, float] | None = None,
     omit: Collection[int] = (),
+    groups: Groups | None = None,
 ) -> list[GreeksRow]:
     """The rows ``aggregate(account=account)`` gives, or with several ``accounts`` the rows
-    ``aggregate_accounts`` gives, for the same legs (open legs of SEC_TYPES only)."""
+    ``aggregate_accounts`` gives, for the same legs (open legs of SEC_TYPES only).
+
+    ``groups``: ``by_symbol_of(legs)`` if the caller kept it (of these very legs)."""
     prices = underlying_prices or {}
     if len(accounts) <= 1:
         return _rows_of(
-            legs, account=account, timestamp=timestamp, api_mode=api_mode, prices=prices, omit=omit
+            legs,
+            account=account,
+            timestamp=timestamp,
+            api_mode=api_mode,
+            prices=prices,
+            omit=omit,
+            groups=groups,
         )
     names = sorted(set(accounts) | {leg.account for leg in legs})
     every = _rows_of(
-        legs, account=ALL_ACCOUNTS, timestamp=timestamp, api_mode=api_mode, prices=prices, omit=omit
+        legs,
+        account=ALL_ACCOUNTS,
+        timestamp=timestamp,
+        api_mode=api_mode,
+        prices=prices,
+        omit=omit,
+        groups=groups,
     )
     own: dict[str, list[NetLeg]] = {}
     for leg in legs:

@@ -31,9 +31,11 @@ from ibkr_bridge.core.greeks import (
     OPTION_SEC_TYPES,
     SEC_TYPES,
     STOCK,
+    Groups,
     Leg,
     LegAge,
     NetLeg,
+    by_symbol_of,
     clean_price,
     linear_terms,
 )
@@ -160,6 +162,7 @@ class NetLegs:
         self._options: list[_SocketLeg] = []  # their option legs, in order
         self._futures: list[_SocketLeg] = []  # their futures
         self._by_conid: dict[int, list[_SocketLeg]] = {}  # their option legs, by conid
+        self._groups: Groups = {}  # their legs by symbol (by_symbol_of)
 
     def _legs_of(self, positions: list[Position]) -> list[_SocketLeg]:
         """The legs of ``positions``: the same list as last tick while ib_async holds the
@@ -193,7 +196,14 @@ class NetLegs:
             by_conid.setdefault(leg.conid, []).append(leg)
         self._by_conid = by_conid
         self._conids = frozenset(by_conid)
+        self._groups = by_symbol_of(legs)
         return legs
+
+    @property
+    def groups(self) -> Groups:
+        """The legs :meth:`read` last gave, grouped by symbol (``aggregate_net``'s
+        ``groups``): kept while the positions do not change, not regrouped each tick."""
+        return self._groups
 
     def arrived(self, conid: int, ticker: Ticker, greeks: OptionComputation) -> None:
         """New Greeks on ``conid``'s stream ``ticker``: refresh its legs now, as

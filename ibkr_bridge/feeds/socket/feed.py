@@ -277,5 +277,6 @@ class SocketFeed:
             prices=lambda: underlying_prices(session),
             broken_farms=session.broken_farms,
             judged=judged,
+            groups=self.net_legs.groups,
         )
         return rows

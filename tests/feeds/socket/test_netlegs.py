@@ -183,7 +183,8 @@ def both(
     # or the model may find one it cannot price.
     current = None if farms or rule.model else rule.stale_after
     net, ages, conids = fast.read(book, mono, current=current)
-    fast_rows = rows_from_net(net, ages, rule, judged=conids, **common)  # type: ignore[arg-type]
+    groups = fast.groups  # as the feed passes them: kept while the positions stay
+    fast_rows = rows_from_net(net, ages, rule, judged=conids, groups=groups, **common)  # type: ignore[arg-type]
     return fast_rows, reference
 
 

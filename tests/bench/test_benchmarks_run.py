@@ -41,6 +41,13 @@ def test_drain_benchmark_runs() -> None:
     assert summary, out
 
 
+def test_write_path_benchmark_runs() -> None:
+    out = run("write_path.py", "--calls", "30", "--rounds", "1")
+    # Every row written by both bridge paths and by the bare insert is counted back.
+    assert re.search(r"^round 1: .*tables 660 of 660 rows \(bare 330 of 330\)$", out, re.M), out
+    assert re.search(r"^median over 1 rounds of 30 calls, 11 rows a call: .* [\d.]+x", out, re.M)
+
+
 @pytest.mark.slow
 def test_tick_benchmark_runs() -> None:
     out = run("tick.py", "--legs", "50", "--seconds", "3", "--interval", "0.5", "--profile", "2")

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from tick_floor import BareInsert
+from tick_load import percentile
 
 from ibkr_bridge.core.records import GreeksRow
 from ibkr_bridge.storage.store import Store
@@ -63,12 +64,6 @@ def tick_rows(at: datetime, underlyings: int) -> list[GreeksRow]:
     return [row(at, "PORTFOLIO", None, 1000)] + [
         row(at, f"S{i}", 500.0, 100) for i in range(underlyings)
     ]
-
-
-def p99(values: list[float]) -> float:
-    """Nearest-rank p99 (the maximum below 100 values)."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
 
 
 async def one_round(
@@ -134,10 +129,10 @@ async def main(argv: list[str]) -> int:
         want_bridge, want_bare = 2 * args.calls * per_call, args.calls * per_call
         ok = ok and bridge == want_bridge and bare == want_bare
         parts = ", ".join(
-            f"{path} p50 {statistics.median(v):.3f} ms p99 {p99(v):.3f} ms"
+            f"{path} p50 {statistics.median(v):.3f} ms p99 {percentile(v, 99):.3f} ms"
             for path, v in ms.items()
         )
-        ratio = p99(ms["store"]) / p99(ms["bare"])
+        ratio = percentile(ms["store"], 99) / percentile(ms["bare"], 99)
         ratios.append(ratio)
         print(
             f"round {r}: {args.calls} calls per path, {per_call} rows each: {parts}; "

@@ -88,9 +88,9 @@ class DurableWriter(_LivePath, _DrainSupervisor):
         if self._running or self._stopped:
             raise LifecycleError("a DurableWriter can be started once")
         self._running = True
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="ibkr-bridge-writer")
         self._drain_task = asyncio.create_task(self._drain_loop(), name="ibkr-bridge-drain")
-        self._tasks = [self._writer_task, self._drain_task]
+        self._tasks = [self._drain_task]
+        self._start_writer()
         if not self._buffer.is_empty:
             self.log_event("buffer", "rows left in the buffer by an earlier run: draining")
 

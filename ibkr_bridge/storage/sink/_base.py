@@ -97,6 +97,7 @@ class _WriterCore:
         self._wake_writer = asyncio.Event()
         self._wake_drain = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self._stragglers: set[asyncio.Task[None]] = set()
         self._pending: set[asyncio.Future[None]] = set()
         self._rejected_file = RejectedFile(buffer.path)

@@ -25,12 +25,27 @@ class _LiveWrite:
     batch: list[Record]
     futures: list[asyncio.Future[None]] | None
     spilled: bool = False
+    stall: asyncio.TimerHandle | None = None  # spills the batch if the write stalls
 
 
 class _LivePath(_Rejections):
-    """The writer task: takes submitted batches in order and routes each one."""
+    """The writer task: takes submitted batches in order and routes each one.
+
+    A live write runs inside the writer task itself, not in a task of its own: that
+    task's first step would be one more loop iteration between the tick's hand-off and
+    the statement, each one a chance for a burst of stream decoding to run first. If the
+    write stalls past ``spill_after``, its batch is made durable in the buffer and a new
+    writer task takes over the queue; the stalled one finishes its write as a straggler
+    and then ends.
+    """
+
+    def _start_writer(self) -> None:
+        writer = asyncio.create_task(self._writer_loop(), name="ibkr-bridge-writer")
+        self._tasks = [writer, *(t for t in self._tasks if t is not self._writer_task)]
+        self._writer_task = writer
 
     async def _writer_loop(self) -> None:
+        me = asyncio.current_task()
         while True:
             if not self._queue:
                 self._idle.set()
@@ -47,11 +62,15 @@ class _LivePath(_Rejections):
                 try:
                     await self._route(batch)
                 except Exception as exc:  # never let one batch kill the loop
+                    if me is not self._writer_task:
+                        raise  # a straggler's: its batch is durable in the buffer
                     log.exception("unexpected error while writing a batch")
                     for fut in futures:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
+                if me is not self._writer_task:
+                    return  # superseded while stalled; the queue is the new writer's
                 if self._routing is not None:  # not left waiting in memory
                     _resolve(futures)
 
@@ -66,35 +85,54 @@ class _LivePath(_Rejections):
         if self._route_now() is Route.BUFFER:
             self._append(batch)
             return
-        # One tick (or the few queued behind it): one round trip where it can be. A
-        # commit settles the batch inside the write's own task, in the step the
-        # database's answer arrives: its futures resolve without waiting for the task's
-        # done callbacks and this task's wake-up (two more loop iterations, each one a
-        # chance for a burst of stream decoding to run first).
+        # One tick (or the few queued behind it): one round trip where it can be. The
+        # commit settles the batch (its futures) in the step the database's answer arrives.
         live = _LiveWrite(batch, self._routing)
-        write = asyncio.create_task(self._write_live(live))
-        done, _ = await asyncio.wait({write}, timeout=self._spill_after)
-        if not done:
-            # A stalled database: make the batch durable now; let the write finish
-            # (or fail) in the background. A late commit makes the drained copy a no-op.
-            live.spilled = True
-            self._append(batch)
-            self._stragglers.add(write)
-            write.add_done_callback(self._straggler_done)
+        live.stall = stall = asyncio.get_running_loop().call_later(
+            self._spill_after, self._stalled, live
+        )
+        failure: TransientStoreError | PermanentStoreError
+        try:
+            await self._store.write_live(batch, on_commit=lambda: self._committed(live))
             return
-        exc = write.exception()
-        if exc is None:
-            return  # settled by _write_live
-        if isinstance(exc, TransientStoreError):
-            self._append(batch)
-            self._trip(exc)
-        elif isinstance(exc, PermanentStoreError):
+        except (TransientStoreError, PermanentStoreError) as exc:
+            failure = exc
+        finally:
+            stall.cancel()  # before isolating row by row: that is not a stall
+        if isinstance(failure, TransientStoreError):
+            if not live.spilled:
+                self._append(batch)
+            elif self._stopped:
+                return  # its batch is already in the buffer; the next run drains it
+            self._trip(failure)
+        elif not live.spilled:  # else the drain isolates the buffered copy's bad rows
             await self._isolate(batch)
-        else:
-            raise exc
 
-    async def _write_live(self, live: _LiveWrite) -> None:
-        await self._store.write_live(live.batch)
+    def _stalled(self, live: _LiveWrite) -> None:
+        """A stalled database: make the batch durable now, hand the queue to a new writer.
+
+        The write goes on in this task; a late commit makes the drained copy a no-op.
+        """
+        live.spilled = True
+        straggler = self._writer_task
+        assert straggler is not None  # the timer is armed by the writer task
+        try:
+            self._append(live.batch)
+        except Exception as exc:  # a timer callback: nobody else would see it
+            log.exception("unexpected error while spilling a stalled batch")
+            for fut in live.futures or ():
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            if self._routing is not None:  # not left waiting in memory
+                _resolve(live.futures or ())
+        self._stragglers.add(straggler)
+        straggler.add_done_callback(self._straggler_done)
+        self._start_writer()
+
+    def _committed(self, live: _LiveWrite) -> None:
+        if live.stall is not None:
+            live.stall.cancel()  # durable: the connection's release is no stall
         if live.spilled:
             return  # already durable in the buffer; the drained copy will be a no-op
         self._written += len(live.batch)
@@ -107,8 +145,5 @@ class _LivePath(_Rejections):
         if task.cancelled():
             return
         exc = task.exception()  # retrieved even when stopped: asyncio would log it
-        if self._stopped:
-            # Stopped: its batch is already in the buffer; the next run drains it.
-            return
-        if isinstance(exc, TransientStoreError):
-            self._trip(exc)
+        if exc is not None:  # the database's errors were handled in _route
+            log.error("unexpected error in a stalled write", exc_info=exc)

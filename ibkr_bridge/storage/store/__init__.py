@@ -27,7 +27,7 @@ Failures are re-raised as :class:`~ibkr_bridge.core.errors.TransientStoreError` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -161,28 +161,35 @@ class Store(_Pooled):
         if records:
             await self.write_tuples(*split_records(records))
 
-    async def write_live(self, records: Sequence[Record]) -> None:
+    async def write_live(
+        self, records: Sequence[Record], on_commit: Callable[[], None] | None = None
+    ) -> None:
         """As :meth:`write`, shaped for one tick: the live path's write (breaker CLOSED).
 
         Same transaction, order, replay and error rules. A tick without position rows
         spans up to three small tables (four with a few position rows): one statement, one
         round trip (:mod:`~ibkr_bridge.storage.store._statement`), instead of BEGIN, a COPY
         per table and COMMIT. Many position rows (a big book's) go the COPY way, measured
-        faster for them than ``INSERT ... SELECT FROM unnest``.
+        faster for them than ``INSERT ... SELECT FROM unnest``. ``on_commit`` runs as soon
+        as the batch is committed, before the connection is released.
         """
         if records:
-            await self.write_live_tuples(*split_records(records))
+            await self.write_live_tuples(*split_records(records), on_commit=on_commit)
 
     async def write_live_tuples(
         self,
         greeks: Sequence[GreeksTuple],
         events: Sequence[EventTuple],
         positions: Sequence[PositionTuple] = (),
+        *,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         if len(positions) > STATEMENT_MAX_POSITIONS:
-            await self._run(lambda conn: copy_batch(conn, greeks, events, positions))
+            await self._run(lambda conn: copy_batch(conn, greeks, events, positions), on_commit)
         elif greeks or events or positions:
-            await self._run(lambda conn: write_statement(conn, greeks, events, positions))
+            await self._run(
+                lambda conn: write_statement(conn, greeks, events, positions), on_commit
+            )
 
     async def write_portfolio_snapshot(self, row: GreeksRow) -> None:
         await self.write([row])

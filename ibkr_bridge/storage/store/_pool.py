@@ -74,7 +74,17 @@ class _Pooled:
         except _CLOSE_ERRORS:
             self._pool.terminate()
 
-    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(
+        self,
+        op: Callable[[asyncpg.Connection], Awaitable[T]],
+        on_done: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``op`` on a pooled connection; ``on_done`` right after it succeeds.
+
+        ``on_done`` runs before the connection goes back to the pool: asyncpg's release
+        (a shielded task) costs two loop iterations, each a chance for a burst of stream
+        decoding to delay whoever waits for the commit.
+        """
         if self._closed:
             # Not the data's fault: a record written after close waits in the buffer.
             raise TransientStoreError("the store is closed")
@@ -98,6 +108,9 @@ class _Pooled:
             if not isinstance(exc, Exception):
                 raise
             raise _wrap(exc) from exc
+        else:
+            if on_done is not None:
+                on_done()  # its errors are its own, not the database's
         finally:
             if conn is not None:
                 await self._release(conn)

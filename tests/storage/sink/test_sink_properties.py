@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -161,8 +161,10 @@ class HoldingStore(Store):
         greeks: Sequence[GreeksTuple],
         events: Sequence[EventTuple],
         positions: Sequence[PositionTuple] = (),
+        *,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
-        await super().write_live_tuples(greeks, events, positions)
+        await super().write_live_tuples(greeks, events, positions, on_commit=on_commit)
         await self._held(greeks)
 
     async def _held(self, greeks: Sequence[GreeksTuple]) -> None:

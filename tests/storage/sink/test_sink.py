@@ -162,6 +162,26 @@ async def test_black_hole_spills_to_the_buffer_and_nothing_is_doubled(rig: Rig) 
     assert await rig.greeks_deltas() == [0.0, 1.0, 2.0]
 
 
+async def test_a_stalled_write_does_not_hold_up_the_batches_behind_it(rig: Rig) -> None:
+    await rig.sink.write([row(0)])
+    rig.proxy.blackhole()
+    await rig.sink.write([row(1)])  # spilled after spill_after (0.3 s); its write goes on
+    stalled = set(rig.sink._stragglers)
+    assert len(stalled) == 1  # the stalled writer, still in its write (deadline 1.5 s)
+    await rig.sink.write([row(2)])  # routed by the writer that took over the queue
+    # Before the stalled write's deadline: no failure has tripped the breaker yet.
+    assert rig.sink.breaker.state is BreakerState.CLOSED
+    assert not any(task.done() for task in stalled)
+    assert rig.buffer.count_pending() == 2
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.OPEN, timeout=10)
+    await wait_until(lambda: not rig.sink._stragglers, timeout=10)
+    rig.proxy.up()
+    rig.proxy.cut()
+    await rig.clock.advance(60.0)
+    await wait_until(lambda: rig.sink.breaker.state is BreakerState.CLOSED, timeout=10)
+    assert await rig.greeks_deltas() == [0.0, 1.0, 2.0]
+
+
 async def test_bad_data_is_rejected_not_blocking(rig: Rig, tmp_path: Path) -> None:
     bad = ApiEvent(timestamp=T0, api_mode="SOCKET", event="error", message="nul\x00byte")
     await rig.sink.write([row(0), bad, row(1)])

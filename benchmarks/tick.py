@@ -37,10 +37,12 @@ leg has its Greeks (the bridge: at its first tick that wrote rows) and lasts ``-
   round trip (target p99 <= 2 ms at 1,000 legs);
 - **durable write** = from the hand-off (the tick's end) until ``sink.flush()`` says every row
   submitted so far is durable (committed, or fsync'd into the buffer if the database stalls);
-  right after it, the same rows go through a **bare asyncpg INSERT+COMMIT** on a dedicated
-  connection into ``LIKE ... INCLUDING ALL`` copies of the tables in the same schema, one
-  transaction, never overlapping the bridge's own write (target: p99 ratio <= 1.5, quoted
-  from the write phase; the load phase's ratio, over its few ticks, is printed too);
+  half a poll interval after the tick, the same rows go through a **bare asyncpg
+  INSERT+COMMIT** on a dedicated connection into ``LIKE ... INCLUDING ALL`` copies of the
+  tables in the same schema, one transaction, never overlapping the bridge's own write, and
+  like it after an idle stretch (the first round trip after one costs more: see
+  ``write_path.py --gap``) (target: p99 ratio <= 1.5, quoted from the write phase; the load
+  phase's ratio, over its few ticks, is printed too);
 - aggregate+write = tick start to durable (the tick work plus the durable write).
 
 The summary quotes the **median of the per-round ratios** (not a ratio of medians). The bare

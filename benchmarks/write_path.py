@@ -2,6 +2,7 @@
 
     python benchmarks/write_path.py                  # 1,500 calls, 3 rounds
     python benchmarks/write_path.py --calls 30 --rounds 1   # smoke
+    python benchmarks/write_path.py --calls 100 --gap 0.25  # each call after 0.25 s idle
 
 One tick's rows (the PORTFOLIO row and ``--underlyings`` per-underlying rows) are written,
 calls interleaved round robin so the three paths see the same server and machine (the
@@ -13,9 +14,13 @@ first min(20, calls / 3) calls of each path prepare its statements and are not t
 - ``bare``: ``tick_floor.BareInsert`` (BEGIN, executemany per table, COMMIT) into
   ``LIKE ... INCLUDING ALL`` copies, the baseline ``tick.py`` quotes.
 
-No ib_async stream runs here, so ``tick.py``'s durable-write figure minus this one is what the
-writer task's hand-offs and a busy event loop add. The summary quotes the median of the
-per-round p99 ratios store / bare. Exit status 1 only when the rows counted back from the
+With ``--gap`` each call follows that many seconds of idle, as the bridge's write follows
+the poll interval: compared with ``--gap 0`` it shows what the first round trip after an
+idle stretch costs any client (why ``tick.py`` starts its bare INSERT half a poll interval
+after the tick, not right after the bridge's commit). No ib_async stream runs here, so
+``tick.py``'s durable-write figure minus this one is what the writer task's hand-offs and
+a busy event loop add. The summary quotes the median of the per-round p99 ratios store /
+bare. Exit status 1 only when the rows counted back from the
 tables are not the rows written; timings never change it. Uses the test server or an
 embedded one, in a private schema dropped at the end.
 """
@@ -67,7 +72,7 @@ def tick_rows(at: datetime, underlyings: int) -> list[GreeksRow]:
 
 
 async def one_round(
-    dsn: str, calls: int, underlyings: int, start: int, warmup: int
+    dsn: str, calls: int, underlyings: int, start: int, warmup: int, gap: float = 0.0
 ) -> dict[str, list[float]]:
     store = await Store.open(dsn)
     await store.ensure_schema()
@@ -79,6 +84,8 @@ async def one_round(
             rows = tick_rows(T0 + timedelta(seconds=start + k), underlyings)
             path = PATHS[k % len(PATHS)]
             greeks, events, positions = split_records(rows)
+            if gap > 0 and k >= warmup * len(PATHS):
+                await asyncio.sleep(gap)
             began = time.perf_counter()
             if path == "store":
                 await store.write_live(rows)
@@ -116,14 +123,19 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=1500, help="calls per path per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--underlyings", type=int, default=10)
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="seconds of idle before each timed call (0)"
+    )
     args = parser.parse_args(argv)
+    if args.gap < 0:
+        parser.error("need --gap >= 0")
     per_call = 1 + args.underlyings
     ratios: list[float] = []
     ok = True
     for r in range(1, args.rounds + 1):
         async with TestDatabase.create(await find_postgres()) as db:
             warmup = min(20, args.calls // 3)
-            ms = await one_round(db.dsn, args.calls, args.underlyings, r * 10**7, warmup)
+            ms = await one_round(db.dsn, args.calls, args.underlyings, r * 10**7, warmup, args.gap)
             bridge, bare = await count(db.dsn)
         # store and statement both write the bridge's tables.
         want_bridge, want_bare = 2 * args.calls * per_call, args.calls * per_call
@@ -140,7 +152,8 @@ async def main(argv: list[str]) -> int:
             f"(bare {bare} of {want_bare})"
         )
     print(
-        f"median over {args.rounds} rounds of {args.calls} calls, {per_call} rows a call: "
+        f"median over {args.rounds} rounds of {args.calls} calls, {per_call} rows a call"
+        f"{f', {args.gap:g} s idle before each' if args.gap else ''}: "
         f"store / bare INSERT+COMMIT p99 {statistics.median(ratios):.2f}x "
         f"(per round {', '.join(f'{x:.2f}' for x in ratios)})"
     )
